@@ -139,6 +139,7 @@ def test_result_transforms_points_and_labels(model):
 
 
 @pytest.mark.parametrize("kwargs,message", [
+    ({"precision": "fp16"}, "unknown precision"),
     ({"method": "magic"}, "unknown method"),
     ({"method": "io", "iterations": [1, 2]}, "one iteration count"),
     ({"method": "nio_m", "iterations": [1, 2]}, "3 iteration counts"),
@@ -147,6 +148,18 @@ def test_result_transforms_points_and_labels(model):
 def test_bad_arguments_are_explained(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         register(smooth_volume(1), smooth_volume(2), model, **kwargs)
+
+
+def test_bf16_network_stays_close_to_fp32_and_keeps_fp32_outputs(model):
+    fixed, moving = smooth_volume(1), smooth_volume(2)
+    exact = register(fixed, moving, model, "ff", device="cpu")
+    fast = register(fixed, moving, model, "ff", device="cpu", precision="bf16")
+    assert fast.displacement.dtype == torch.float32 and fast.precision == "bf16"
+    scale = exact.displacement.abs().max()
+    assert 0 < (fast.displacement - exact.displacement).abs().max() < 0.05 * scale + 1e-3
+    assert abs(fast.final_loss - exact.final_loss) < 1e-3
+    nio = register(fixed, moving, model, "nio_m", iterations=[2, 2, 1], device="cpu", precision="bf16")
+    assert nio.final_loss <= nio.feedforward_loss + 1e-7 and nio.summary()["precision"] == "bf16"
 
 
 def test_too_small_volume_is_refused(model):

@@ -171,3 +171,27 @@ def test_recorded_intensity_preprocessing_is_applied(files, tmp_path):
     # the warped image keeps the moving image's own intensities, not the normalised ones
     moving = nib.load(files["moving"]).get_fdata()
     assert nib.load(out / "warped.nii.gz").get_fdata().max() <= moving.max() + 1e-5
+
+
+def test_a_recorded_spacing_is_applied_and_the_field_comes_back_on_the_fixed_grid(files, tmp_path):
+    from nioreg.io import load_image
+    from nioreg.io.preprocess import Preprocessing
+    from nioreg.pipeline import register_volumes
+
+    torch.manual_seed(0)
+    prep = Preprocessing(spacing=(0.9, 0.8, 1.2), shape=(8, 8, 8), orientation="LPS")
+    net = build_model("disp", start_channel=2)
+    net.metadata = {"preprocessing": prep.to_dict()}
+    fixed, moving = load_image(files["fixed"]), load_image(files["moving"])
+    result, view = register_volumes(net, fixed, moving, "ff")
+    # spacing applied; the training crop (8^3) and orientation override are not
+    assert view.fixed.shape == (32, 40, 30)
+    np.testing.assert_allclose(view.fixed.spacing, (0.9, 0.8, 1.2))
+    assert tuple(result.displacement.shape[2:]) == SHAPE
+    assert result.warp(moving.array).shape == SHAPE
+    # the network's field, brought back to its own grid, is what the network produced there
+    coarse, _ = register_volumes(net, view.fixed, view.moving, "ff")
+    from nioreg.spatial import regrid_displacement
+    back = regrid_displacement(result.displacement, fixed.affine, view.fixed.affine, view.fixed.shape)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2), slice(2, -2))
+    assert (back - coarse.displacement)[inner].abs().max() < 0.05 + 0.1 * coarse.displacement.abs().max()

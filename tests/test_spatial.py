@@ -10,6 +10,7 @@ from nioreg.spatial import (
     identity_grid,
     invert_points,
     jacobian_determinant,
+    regrid_displacement,
     resize_displacement,
     scaling_and_squaring,
     transform_points,
@@ -109,6 +110,29 @@ def test_resize_displacement_keeps_physical_motion():
     disp = constant_field((2.0, 1.0, -1.0), (9, 9, 9))
     big = resize_displacement(disp, (17, 17, 17))
     np.testing.assert_allclose(big[0, :, 5, 5, 5].numpy(), [4.0, 2.0, -2.0], atol=1e-6)
+
+
+def test_regrid_displacement_keeps_the_world_mapping():
+    """A smooth field on a coarse, flipped, shifted grid maps every fine-grid point to the same world point."""
+    coarse = np.diag([2.0, -2.0, 3.0, 1.0])
+    coarse[:3, 3] = [-7.0, 30.0, 4.0]
+    fine = np.diag([1.0, 1.0, 1.5, 1.0])
+    fine[:3, 3] = [-7.5, 7.0, 3.5]
+    torch.manual_seed(0)
+    disp = torch.nn.functional.interpolate(torch.randn(1, 3, 3, 3, 3), size=(12, 14, 10), mode="trilinear",
+                                           align_corners=True)
+    out = regrid_displacement(disp, coarse, fine, (16, 18, 14))
+    inv_coarse, inv_fine = np.linalg.inv(coarse), np.linalg.inv(fine)
+    for x in [(3, 4, 5), (8, 10, 7), (12, 2, 9)]:
+        world = fine @ np.array([*x, 1.0])
+        p = inv_coarse @ world  # inside the coarse grid for these points
+        u = transform_points(torch.tensor(p[None, :3], dtype=torch.float32), disp)[0].numpy() - p[:3]
+        target_world = coarse[:3, :3] @ (p[:3] + u) + coarse[:3, 3]
+        mapped = fine[:3, :3] @ (np.array(x) + out[0, :, x[0], x[1], x[2]].numpy()) + fine[:3, 3]
+        np.testing.assert_allclose(mapped, target_world, atol=1e-4)
+    # a constant 1-voxel shift at 2 mm is a 2-voxel shift at 1 mm (and flips with the axis)
+    shift = regrid_displacement(constant_field((1.0, 1.0, 0.0), (6, 6, 6)), coarse, fine, (8, 8, 8))
+    np.testing.assert_allclose(shift[0, :, 4, 4, 4].numpy(), [2.0, -2.0, 0.0], atol=1e-6)
 
 
 def test_scaling_and_squaring_of_constant_velocity_is_a_shift():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -42,7 +42,8 @@ from .io import (
 )
 from .io.preprocess import Preprocessing
 from .methods import MIN_SIZE, RegistrationResult, Safeguards, register
-from .models import load_model
+from .models import default_model_path, load_model
+from .spatial import regrid_displacement
 
 OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
@@ -96,17 +97,59 @@ def load_inputs(
     return inputs
 
 
-def network_intensities(net, fixed: np.ndarray, moving: np.ndarray, *, fixed_name: str = "fixed image",
-                        moving_name: str = "moving image") -> tuple[np.ndarray, np.ndarray, Preprocessing | None]:
-    """Apply the intensity normalisation a model recorded (``nioreg train``), so it sees data as in training.
+@dataclass
+class ModelView:
+    """How a model sees a pair: the preprocessing it records, restricted to what registration applies."""
 
-    Returns the arrays and the preprocessing used; ``None`` means the model records none, and
-    :func:`nioreg.register` then min-max scales both images (``scale_intensities=True``).
+    preprocessing: Preprocessing | None
+    fixed: Volume
+    moving: Volume
+    mask: Volume | None
+
+    @property
+    def description(self) -> str:
+        if self.preprocessing is None:
+            return "min-max to [0, 1]"
+        return self.preprocessing.describe()
+
+
+def model_view(net, fixed: Volume, moving: Volume, mask: Volume | None = None, *, fixed_name: str = "fixed image",
+               moving_name: str = "moving image") -> ModelView:
+    """Bring a pair (moving already on the fixed grid) into the form a model was trained on.
+
+    A model trained by ``nioreg train`` records its preprocessing. Registration applies the intensity
+    normalisation and the voxel spacing (a CNN's receptive field is in voxels, so it must see the scale it
+    was trained at); it does not apply the training crop/pad to a fixed shape (any size works, and a crop
+    could cut anatomy away) nor the orientation override (that belongs to the user's files:
+    ``--fixed-orientation``). Models without a record (official checkpoints) get min-max scaling later, in
+    :func:`nioreg.register`.
     """
     prep = Preprocessing.from_metadata(getattr(net, "metadata", {}))
     if prep is None:
-        return fixed, moving, None
-    return prep.normalise(fixed, name=fixed_name), prep.normalise(moving, name=moving_name), prep
+        return ModelView(None, fixed, moving, mask)
+    prep = replace(prep, orientation=None, shape=None)
+    fixed_in = prep.image(fixed, name=fixed_name)
+    moving_in = prep.image(moving, name=moving_name)
+    mask_in = None if mask is None else prep.labels(mask, fixed_in)
+    return ModelView(prep, fixed_in, moving_in, mask_in)
+
+
+def register_volumes(net, fixed: Volume, moving: Volume, method: str = "nio_m", *, mask: Volume | None = None,
+                     fixed_name: str = "fixed image", moving_name: str = "moving image",
+                     **options) -> tuple[RegistrationResult, ModelView]:
+    """:func:`nioreg.register` on volumes, the way ``net`` was trained (:func:`model_view`).
+
+    When the model works on another grid than the fixed image's (a recorded spacing), the displacement is
+    mapped back onto the fixed grid (:func:`nioreg.spatial.regrid_displacement`), so the result is always
+    in voxels of ``fixed``.
+    """
+    view = model_view(net, fixed, moving, mask, fixed_name=fixed_name, moving_name=moving_name)
+    mask_array = None if view.mask is None else (view.mask.array > 0).astype(np.float32)
+    result = register(view.fixed.array, view.moving.array, net, method, mask=mask_array,
+                      scale_intensities=view.preprocessing is None, **options)
+    if not same_grid(view.fixed, fixed):
+        result.displacement = regrid_displacement(result.displacement, view.fixed.affine, fixed.affine, fixed.shape)
+    return result, view
 
 
 def _on_grid(labels: Volume, grid: Volume) -> Volume:
@@ -139,7 +182,7 @@ def provenance(device: str, seed: int) -> dict:
 def register_files(
     fixed: str | Path,
     moving: str | Path,
-    model: str | Path,
+    model: str | Path | None,
     out_dir: str | Path,
     *,
     method: str = "nio_m",
@@ -156,26 +199,26 @@ def register_files(
     safeguards: Safeguards | None = None,
     progress: bool = False,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> tuple[RegistrationResult, dict]:
     """Register ``moving`` to ``fixed`` (NIfTI paths) and write the outputs into ``out_dir``.
+
+    ``model=None`` uses the default model shipped in the package (:func:`nioreg.models.default_model_path`).
 
     Returns the result and the metrics dictionary that was written to ``metrics.json``.
     """
     out = Path(out_dir)
+    model = default_model_path() if model is None else model
     given = [p for p in (fixed, moving, fixed_labels, moving_labels, mask, model) if p is not None]
     for name in OUTPUT_NAMES.values():
         check_not_input(out / name, given)
     inputs = load_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
                          fixed_orientation=fixed_orientation, moving_orientation=moving_orientation)
     net = load_model(model, variant=variant)
-    fixed_in, moving_in, prep = network_intensities(net, inputs.fixed.array, inputs.moving.array,
-                                                    fixed_name=f"fixed image '{fixed}'",
-                                                    moving_name=f"moving image '{moving}'")
-    result = register(
-        fixed_in, moving_in, net, method, iterations=iterations, lr=lr, lam=lam,
-        mask=None if inputs.mask is None else (inputs.mask.array > 0).astype(np.float32),
-        device=device, safeguards=safeguards, progress=progress, seed=seed, scale_intensities=prep is None,
-    )
+    result, view = register_volumes(
+        net, inputs.fixed, inputs.moving, method, mask=inputs.mask, fixed_name=f"fixed image '{fixed}'",
+        moving_name=f"moving image '{moving}'", iterations=iterations, lr=lr, lam=lam, device=device,
+        safeguards=safeguards, progress=progress, seed=seed, precision=precision)
 
     warped = result.warp(inputs.moving.array)
     metrics: dict = {
@@ -186,7 +229,8 @@ def register_files(
                    "moving_orientation_override": moving_orientation},
         "model": {"path": str(model), "config": getattr(net, "config", {}),
                   "metadata": getattr(net, "metadata", {})},
-        "intensity_normalisation": prep.describe() if prep is not None else "min-max to [0, 1]",
+        "intensity_normalisation": view.description,
+        "registration_grid": {"shape": list(view.fixed.shape), "spacing_mm": [float(v) for v in view.fixed.spacing]},
         **result.summary(),
         **jacobian_statistics(result.jacobian_determinant()),
         "conventions": "displacement_l2r: voxels, channel k along array axis k, pull; "

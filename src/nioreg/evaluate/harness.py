@@ -274,20 +274,20 @@ def run_method(spec: MethodSpec, pair: PairData, *, model=None, plan: Plan, devi
         return MethodOutput(torch.zeros((1, 3) + tuple(shape)), 0.0, {})
     options = spec.option_dict
     if spec.kind == "learned":
-        from ..methods import register
-        from ..pipeline import network_intensities
+        from ..pipeline import register_volumes
 
         if model is None:
             raise InputError(f"method {spec.text!r} needs a model (--model)")
-        fixed, moving, prep = network_intensities(model, pair.fixed.array, pair.moving.array)
-        result = register(fixed, moving, model, spec.name, scale_intensities=prep is None,
-                          iterations=None if spec.iterations is None else list(spec.iterations),
-                          lr=options.get("lr"), lam=float(options.get("lambda", plan.lam)), device=device,
-                          seed=int(options.get("seed", plan.seed)))
+        result, view = register_volumes(model, pair.fixed, pair.moving, spec.name,
+                                        iterations=None if spec.iterations is None else list(spec.iterations),
+                                        lr=options.get("lr"), lam=float(options.get("lambda", plan.lam)),
+                                        device=device, seed=int(options.get("seed", plan.seed)),
+                                        precision=str(options.get("precision", "fp32")))
         summary = result.summary()
-        details = {k: summary[k] for k in ("iterations", "lr", "lambda", "device", "seconds_feedforward",
+        details = {k: summary[k] for k in ("iterations", "lr", "lambda", "device", "precision", "seconds_feedforward",
                                            "seconds_per_stage", "loss_feedforward", "loss_final",
                                            "fell_back_to_feedforward", "events")}
+        details["registration_grid"] = list(view.fixed.shape)
         return MethodOutput(result.displacement.detach().cpu().float(), result.seconds, details)
     from ..baselines import run_baseline
     from ..baselines._common import conversion_error

@@ -8,6 +8,7 @@ Examples::
     nio:50                  neural instance optimisation, 50 iterations
     nio_m:100,60,30         multi-resolution NIO (levels 1, 2, 3)
     nio_m:100,60,30@lr=2e-4@lambda=0.3
+    nio_m:100,60,30@precision=bf16   the network in bf16 autocast (loss and optimiser stay fp32)
     syn                     ANTs SyN (antspyx; options: iters=100x70x50, metric=CC, radius=4, ...)
     niftyreg@maxit=300      NiftyReg reg_f3d (options: maxit, ln, lp, be, le, sx, sim)
     best=nio_m:100,60,60    an explicit label (table row / result folder name)
@@ -27,7 +28,7 @@ BASELINES = ("syn", "niftyreg")
 IDENTITY = ("initial",)
 ALL_METHODS = IDENTITY + LEARNED + BASELINES
 
-LEARNED_OPTIONS = {"lr": float, "lambda": float, "seed": int}
+LEARNED_OPTIONS = {"lr": float, "lambda": float, "seed": int, "precision": str}
 BASELINE_OPTIONS = {
     "syn": {"iters": str, "metric": str, "radius": int, "transform": str, "grad_step": float,
             "flow_sigma": float, "total_sigma": float},
@@ -133,6 +134,8 @@ def parse_method_spec(text: str) -> MethodSpec:
             raise _fail(raw, f"option {key}={value!r} is not a valid {allowed[key].__name__}") from None
     if "lambda" in options and not 0.0 <= float(options["lambda"]) <= 1.0:  # type: ignore[arg-type]
         raise _fail(raw, "lambda must be in [0, 1]")
+    if options.get("precision", "fp32") not in ("fp32", "bf16"):
+        raise _fail(raw, "precision must be fp32 or bf16")
     if label is None:
         label = name
         if iterations is not None:

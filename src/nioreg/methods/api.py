@@ -14,6 +14,7 @@ from ..spatial import jacobian_determinant, transform_points, warp, warp_labels
 from .feedforward import feedforward
 from .instance import instance_optimisation
 from .loop import OptimisationLog, Safeguards
+from .network import PRECISIONS
 from .neural import multiresolution_nio, neural_instance_optimisation
 from .pair import Pair
 
@@ -47,6 +48,7 @@ class RegistrationResult:
     fell_back_to_feedforward: bool
     device: str
     log: OptimisationLog = field(default_factory=OptimisationLog)
+    precision: str = "fp32"
 
     def warp(self, moving: np.ndarray | Tensor) -> np.ndarray:
         """Warp a moving-side image that is already on the fixed grid (trilinear); returns float32."""
@@ -73,6 +75,7 @@ class RegistrationResult:
             "lr": self.lr,
             "lambda": self.lam,
             "device": self.device,
+            "precision": self.precision,
             "seconds_total": self.seconds,
             "seconds_feedforward": self.feedforward_seconds,
             "seconds_per_stage": self.log.stage_seconds,
@@ -124,6 +127,7 @@ def register(
     seed: int = 0,
     smoothing: Callable[[Tensor], Tensor] | None = None,
     scale_intensities: bool = True,
+    precision: str = "fp32",
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (3-D arrays on the same grid) with a LapIRN-family ``model``.
 
@@ -134,12 +138,15 @@ def register(
     deformation model applied to every field the method produces (feed-forward included) before it is
     evaluated, e.g. :class:`nioreg.lung.BSplineSmoothing`. ``scale_intensities=False`` skips the min–max
     scaling to [0, 1] for inputs that were already normalised (e.g. by the preprocessing a model records).
+    ``precision="bf16"`` runs the network under bf16 autocast (loss and optimiser stay fp32).
     The model itself is never modified.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must be in [0, 1], got {lam}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     iters = list(DEFAULT_ITERATIONS[method]) if iterations is None else (
         [int(iterations)] if isinstance(iterations, int) else [int(i) for i in iterations])
     if method in ("io", "nio") and len(iters) != 1:
@@ -161,7 +168,7 @@ def register(
     if scale_intensities:
         fixed_t, moving_t = scale_to_unit(fixed_t), scale_to_unit(moving_t)
     pair = Pair(fixed_t, moving_t, lam=lam, mask=mask_t,
-                safeguards=safeguards or Safeguards(), smoothing=smoothing)
+                safeguards=safeguards or Safeguards(), smoothing=smoothing, precision=precision)
 
     bar = None
     if progress and method != "ff":
@@ -204,7 +211,7 @@ def register(
     return RegistrationResult(
         displacement=disp.detach(), method=method, iterations=iters, lr=step, lam=lam, seconds=seconds,
         feedforward_seconds=ff_seconds, feedforward_loss=ff_loss, final_loss=final_loss,
-        fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log,
+        fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=precision,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .network import PairNetwork
 from .pair import Pair
 
 
@@ -16,4 +15,4 @@ def feedforward(pair: Pair, model: nn.Module) -> Tensor:
     This is the raw network field: the caller applies ``pair.smooth`` (IO optimises the raw field and
     evaluates its smoothed version, so it must start from the unsmoothed one).
     """
-    return PairNetwork(model, pair.fixed, pair.moving, pair.lam).field(3)
+    return pair.network(model).field(3)

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import official_to_voxel
 
 MULTIPLE = 8
+PRECISIONS = ("fp32", "bf16")
+"""Network arithmetic: fp32, or bf16 autocast (GPU tensor cores; CPUs with AVX-512 BF16 / AMX). Only the
+network runs in bf16: its field is returned in fp32, and the loss, the warp of the full-resolution images
+and the optimiser state stay in fp32."""
 
 
 def padding_for(shape: tuple[int, ...], multiple: int = MULTIPLE) -> tuple[int, ...]:
@@ -32,11 +37,15 @@ class PairNetwork:
     """A network bound to one (fixed, moving) pair: ``field(level)`` is a full-size voxel displacement.
 
     ``fixed`` and ``moving`` are ``(1, 1, D, H, W)`` tensors already scaled to ``[0, 1]`` on the fixed grid.
-    ``lam`` is given to conditional networks only.
+    ``lam`` is given to conditional networks only; ``precision`` is one of :data:`PRECISIONS`.
     """
 
-    def __init__(self, model: nn.Module, fixed: Tensor, moving: Tensor, lam: float | None = None) -> None:
+    def __init__(self, model: nn.Module, fixed: Tensor, moving: Tensor, lam: float | None = None,
+                 precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.model = model
+        self.autocast = precision == "bf16"
         self.shape = tuple(fixed.shape[2:])
         self.lam = lam if getattr(model, "config", {}).get("conditional", False) else None
         self.pads = padding_for(self.shape)
@@ -50,7 +59,9 @@ class PairNetwork:
 
     def field(self, level: int = 3) -> Tensor:
         """Displacement from pyramid level ``level``, upsampled to full size, in voxels: (1, 3, D, H, W)."""
-        flow = self.model(self.moving, self.fixed, level=level, lam=self.lam)
+        with torch.autocast(self.fixed.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            flow = self.model(self.moving, self.fixed, level=level, lam=self.lam)
+        flow = flow.float()
         if tuple(flow.shape[2:]) != self.padded_shape:
             flow = F.interpolate(flow, size=self.padded_shape, mode="trilinear", align_corners=False)
         return official_to_voxel(flow)[self.crop]

@@ -12,7 +12,6 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from .loop import run_stage
-from .network import PairNetwork
 from .pair import Pair
 
 
@@ -27,7 +26,7 @@ def _private_copy(model: nn.Module) -> nn.Module:
 def neural_instance_optimisation(pair: Pair, model: nn.Module, iterations: int, lr: float) -> Tensor:
     """NIO: Adam on all network weights for ``iterations`` steps at full resolution."""
     work = _private_copy(model)
-    net = PairNetwork(work, pair.fixed, pair.moving, pair.lam)
+    net = pair.network(work)
     stage = run_stage("nio", list(work.parameters()), lambda: pair.smooth(net.field(3)), pair.objective,
                       iterations, lr, pair.log, pair.safeguards, pair.on_iteration)
     return stage.best_field
@@ -42,7 +41,7 @@ def multiresolution_nio(pair: Pair, model: nn.Module, iterations: Sequence[int],
     if len(iterations) != 3:
         raise ValueError(f"nio_m needs 3 iteration counts (levels 1, 2, 3), got {list(iterations)}")
     work = _private_copy(model)
-    net = PairNetwork(work, pair.fixed, pair.moving, pair.lam)
+    net = pair.network(work)
     field = None
     for level, count in enumerate(iterations, start=1):
         params = [p for lvl in range(1, level + 1) for p in work.level_parameters(lvl)]

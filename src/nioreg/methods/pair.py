@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..losses import PreparedFixed, prepare_fixed, registration_loss
 from ..spatial import warp
 from .loop import OptimisationLog, Safeguards
+from .network import PairNetwork
 
 
 @dataclass
@@ -29,7 +30,14 @@ class Pair:
     returned (e.g. :class:`nioreg.lung.BSplineSmoothing`, the B-spline-like filter of Siebert et al. 2021).
     Must be differentiable (it sits inside the optimisation) and map (1, 3, D, H, W) to the same shape."""
 
+    precision: str = "fp32"
+    """Arithmetic of the network (:data:`nioreg.methods.network.PRECISIONS`); the loss is always fp32."""
+
     _prepared: PreparedFixed | None = field(default=None, init=False, repr=False)
+
+    def network(self, model: nn.Module) -> PairNetwork:
+        """``model`` bound to this pair (padding, units, precision)."""
+        return PairNetwork(model, self.fixed, self.moving, self.lam, self.precision)
 
     def smooth(self, disp: Tensor) -> Tensor:
         """``disp`` through :attr:`smoothing` (unchanged when there is none)."""

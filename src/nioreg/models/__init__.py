@@ -16,6 +16,7 @@ from .files import (
     save_model,
 )
 from .lapirn import DEFAULT_CONFIG, LapIRN, LevelOutput, build_model, lambda_to_reg_code, normalise_config
+from .shipped import DEFAULT_MODEL, DEMO_MODEL, default_model_path, shipped_model_path
 from .units import official_to_voxel, voxel_to_official
 
 __all__ = [
@@ -35,4 +36,8 @@ __all__ = [
     "OFFICIAL_VARIANTS",
     "FORMAT",
     "FORMAT_VERSION",
+    "DEFAULT_MODEL",
+    "DEMO_MODEL",
+    "default_model_path",
+    "shipped_model_path",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "warp_labels",
     "compose",
     "resize_displacement",
+    "regrid_displacement",
     "transform_points",
     "invert_points",
     "jacobian_determinant",
@@ -114,6 +115,26 @@ def resize_displacement(disp: Tensor, shape: Sequence[int]) -> Tensor:
     resized = F.interpolate(disp, size=tuple(shape), mode="trilinear", align_corners=True)
     scale = torch.tensor([(n - 1) / max(o - 1, 1) for n, o in zip(shape, old)], device=disp.device, dtype=disp.dtype)
     return resized * scale.view(1, 3, 1, 1, 1)
+
+
+def regrid_displacement(disp: Tensor, source_affine, target_affine, target_shape: Sequence[int]) -> Tensor:
+    """Re-express a pull field of one voxel grid on another grid of the same world (e.g. a model's 2 mm grid
+    -> the fixed image's own grid).
+
+    ``disp`` is in voxels of the source grid; both affines map voxel indices to the same world frame. A target
+    voxel ``x`` sits at source position ``p = S⁻¹T x``; its world displacement is ``S_lin u_S(p)``, which in
+    target voxels is ``u_T(x) = (T_lin⁻¹ S_lin) u_S(p)`` (trilinear at ``p``, edge values outside the source).
+    """
+    disp = as_batched(disp, 3)
+    source = torch.as_tensor(source_affine, dtype=torch.float64)
+    target = torch.as_tensor(target_affine, dtype=torch.float64)
+    to_source = torch.linalg.solve(source, target)  # target voxel -> source voxel
+    linear = torch.linalg.solve(target[:3, :3], source[:3, :3]).to(disp)  # source voxel vector -> target voxel
+    grid = identity_grid(target_shape, disp.device, disp.dtype)
+    positions = torch.einsum("ij,bj...->bi...", to_source[:3, :3].to(disp), grid) \
+        + to_source[:3, 3].to(disp).view(1, 3, 1, 1, 1)
+    sampled = sample(disp, positions.expand(disp.shape[0], -1, -1, -1, -1))
+    return torch.einsum("ij,bj...->bi...", linear, sampled)
 
 
 def transform_points(points: Tensor, disp: Tensor) -> Tensor:

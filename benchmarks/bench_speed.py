@@ -1,0 +1,148 @@
+"""Registration speed per method, precision, device, shape and thread count, with Dice so speed never
+silently costs accuracy (issue #7).
+
+Each configuration runs in its own subprocess (clean peak memory: CPU max RSS, GPU max allocated) and
+registers one real pair ``--repeats`` times through :func:`nioreg.pipeline.register_volumes`; the table gives
+the median wall time of ``register`` (network, loss and optimisation; file I/O excluded), the spread, the
+peak memory and the Dice of the last run.
+
+The pair: LPBA40 S02 -> S01 from ../shared (56 structures; ``--factor 2`` = half resolution 80×96×80,
+trilinear/nearest as in bench_evaluate_lpba.py) with the official OASIS-trained LapIRN_disp_fea7. Without
+../shared, ``--synthetic`` uses the phantom pair of :mod:`nioreg.data` at ``--shape`` and a randomly
+initialised start_channel-7 LapIRN (timing only; its Dice means nothing).
+
+    python benchmarks/bench_speed.py --factor 1 --methods ff --precisions fp32,bf16 --repeats 3 --threads 2
+    python benchmarks/bench_speed.py --factor 2 --methods "nio_m:100,60,30" --precisions fp32,bf16 --repeats 2
+    python benchmarks/bench_speed.py --device cuda --factor 1 --methods "ff;io:200;nio_m:100,60,30"
+
+Prints Markdown rows for BENCHMARKS.md and writes benchmarks/results/speed_<device>_x<factor>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import downsample_image, downsample_labels, git_revision, machine, shared_dir
+
+
+def load_pair(factor: int, synthetic: bool, shape: tuple[int, int, int]):
+    """(fixed Volume, moving Volume, fixed labels, moving labels, model, description)."""
+    from nioreg.data import make_pair
+    from nioreg.io import Volume, load_image, load_labels
+    from nioreg.models import build_model, load_model
+
+    if synthetic:
+        fixed, moving = make_pair(shape, seed=1)
+        torch.manual_seed(0)
+        return (Volume(fixed.image, np.eye(4)), Volume(moving.image, np.eye(4)), fixed.labels, moving.labels,
+                build_model("disp", start_channel=7), f"synthetic phantoms {shape}, random LapIRN sc7")
+    root = shared_dir()
+    volumes = []
+    for subject in ("S01", "S02"):
+        image = load_image(root / "data/lpba40/images" / f"{subject}.nii.gz", role="LPBA image")
+        labels = load_labels(root / "data/lpba40/labels" / f"{subject}.nii.gz", role="LPBA labels")
+        volumes.append((Volume(downsample_image(image.array, factor).astype(np.float32), image.affine),
+                        downsample_labels(labels.array, factor)))
+    model = load_model(root / "weights/LapIRN_disp_fea7.pth", variant="disp")
+    (fixed, fixed_labels), (moving, moving_labels) = volumes
+    return fixed, moving, fixed_labels, moving_labels, model, f"LPBA40 S02->S01 x1/{factor}, official LapIRN_disp_fea7"
+
+
+def worker(config: dict) -> dict:
+    """One configuration, in this process: returns the row."""
+    from nioreg.evaluate import jacobian_statistics, mean_dice
+    from nioreg.evaluate.specs import parse_method_spec
+    from nioreg.pipeline import register_volumes
+
+    torch.set_num_threads(config["threads"])
+    device = torch.device(config["device"])
+    fixed, moving, fixed_labels, moving_labels, model, description = load_pair(
+        config["factor"], config["synthetic"], tuple(config["shape"]))
+    spec = parse_method_spec(config["method"])
+    iterations = None if spec.iterations is None else list(spec.iterations)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is KiB)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, result = [], None
+    for _ in range(config["repeats"] + config["warmup"]):
+        started = time.perf_counter()
+        result, _ = register_volumes(model, fixed, moving, spec.name, iterations=iterations, device=device,
+                                     precision=config["precision"])
+        times.append(time.perf_counter() - started)
+    times = times[config["warmup"]:]
+    labels = result.warp_labels(moving_labels)
+    row = {**config, "data": description, "shape": list(fixed.shape), "median_seconds": statistics.median(times),
+           "min_seconds": min(times), "max_seconds": max(times), "seconds": times,
+           "stage_seconds": result.log.stage_seconds, "dice": mean_dice(fixed_labels, labels),
+           "dice_before": mean_dice(fixed_labels, moving_labels),
+           **jacobian_statistics(result.jacobian_determinant()),
+           "fell_back": result.fell_back_to_feedforward,
+           "peak_cpu_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+           "cpu_rss_before_gib": rss_before, "torch": torch.__version__, "machine": machine()}
+    if device.type == "cuda":
+        row["gpu"] = torch.cuda.get_device_name(device)
+        row["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="ff;io:200;nio_m:100,60,30", help="method specs separated by ';'")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--factor", type=int, default=1, help="1 = full resolution 160x192x160, 2 = half")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (allocator, oneDNN/cuDNN plans)")
+    parser.add_argument("--synthetic", action="store_true", help="phantom pair instead of ../shared")
+    parser.add_argument("--shape", default="160,192,144", help="shape of the --synthetic pair")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return
+    shape = [int(v) for v in args.shape.split(",")]
+    rows = []
+    print(f"machine: {machine()}; rev {git_revision()}", flush=True)
+    print("| method | precision | device | shape | threads | median s (min–max, n) | peak memory | DSC | std\\|J\\| |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    for method in [m.strip() for m in args.methods.split(";") if m.strip()]:
+        for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+            config = {"method": method, "precision": precision, "device": args.device, "threads": args.threads,
+                      "repeats": args.repeats, "warmup": args.warmup, "factor": args.factor,
+                      "synthetic": args.synthetic, "shape": shape}
+            done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(config)], capture_output=True,
+                                  text=True, cwd=Path(__file__).parent)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode != 0 or not lines:
+                print(f"| {method} | {precision} | failed: {done.stderr.strip().splitlines()[-1:]} |", flush=True)
+                continue
+            row = json.loads(lines[-1][len("RESULT "):])
+            rows.append(row)
+            memory = (f"{row['peak_gpu_memory_gib']:.2f} GiB GPU" if "peak_gpu_memory_gib" in row
+                      else f"{row['peak_cpu_rss_gib']:.2f} GiB RSS")
+            where = row.get("gpu", "CPU")
+            print(f"| {method} | {precision} | {where} | {'×'.join(map(str, row['shape']))} | {row['threads']} | "
+                  f"{row['median_seconds']:.2f} ({row['min_seconds']:.2f}–{row['max_seconds']:.2f}, {args.repeats}) | "
+                  f"{memory} | {row['dice']:.3f} | {row['jacobian_std']:.3f} |", flush=True)
+    out = Path(__file__).parent / "results" / f"speed_{args.device.replace(':', '')}_x{args.factor}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text())["rows"] if out.is_file() else []
+    keep = [r for r in previous if (r["method"], r["precision"], r["threads"]) not in
+            {(r2["method"], r2["precision"], r2["threads"]) for r2 in rows}]
+    out.write_text(json.dumps({"machine": machine(), "revision": git_revision(), "rows": keep + rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
