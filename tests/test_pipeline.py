@@ -195,3 +195,21 @@ def test_a_recorded_spacing_is_applied_and_the_field_comes_back_on_the_fixed_gri
     back = regrid_displacement(result.displacement, fixed.affine, view.fixed.affine, view.fixed.shape)
     inner = (slice(None), slice(None), slice(2, -2), slice(2, -2), slice(2, -2))
     assert (back - coarse.displacement)[inner].abs().max() < 0.05 + 0.1 * coarse.displacement.abs().max()
+
+
+def test_register_without_model_uses_the_shipped_default_model(tmp_path):
+    from nioreg.models import default_model_path
+
+    fixed, moving = make_pair((40, 48, 40), seed=5)
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    for name, arr in [("fixed", fixed.image), ("moving", moving.image)]:
+        nib.save(nib.Nifti1Image(arr, affine), tmp_path / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    result = run("register", "--fixed", tmp_path / "fixed.nii.gz", "--moving", tmp_path / "moving.nii.gz",
+                 "--method", "ff", "--precision", "bf16", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"]["path"] == str(default_model_path())
+    assert metrics["precision"] == "bf16"
+    assert metrics["registration_grid"] == {"shape": [20, 24, 20], "spacing_mm": [3.0, 3.0, 3.0]}
+    assert nib.load(out / "displacement_l2r.nii.gz").shape == (40, 48, 40, 3)

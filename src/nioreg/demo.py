@@ -8,7 +8,6 @@ Nothing is downloaded. The pair is generated from a fixed seed by :mod:`nioreg.d
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,13 @@ import torch
 from .data import make_brain_phantom, make_pair, random_smooth_displacement, warp_numpy
 from .evaluate import jacobian_statistics, mean_dice
 from .methods import register
-from .models import LapIRN, build_model, load_model, save_model
+from .io import Volume
+from .io.preprocess import Preprocessing
+from .models import DEFAULT_MODEL, DEMO_MODEL, LapIRN, build_model, load_model, save_model, shipped_model_path
+from .pipeline import register_volumes
 
+DEMO_USES = DEFAULT_MODEL
+"""The shipped model the demo runs: the LPBA40-trained default model (see README for why)."""
 DEMO_SHAPE = (48, 64, 48)
 DEMO_PAIR_SEED = 2026
 """Seeds below this are used for training phantoms, so the demo pair is never seen in training."""
@@ -26,13 +30,20 @@ DEMO_MAX_DISPLACEMENT = 6.0
 TRAIN_MAX_DISPLACEMENT = 4.0
 
 
-def demo_model_path() -> Path:
-    return Path(str(resources.files("nioreg") / "assets" / "demo_model.pt"))
+def demo_model_path(name: str | None = None) -> Path:
+    """The shipped model file the demo uses (:data:`DEMO_USES` unless ``name`` says otherwise)."""
+    return shipped_model_path(name or DEMO_USES)
 
 
-def load_demo_model() -> LapIRN:
-    """The model that ships inside the package (no network access, no ../shared)."""
-    return load_model(demo_model_path())
+def load_demo_model(name: str | None = None) -> LapIRN:
+    """A model that ships inside the package (no network access, no ../shared)."""
+    return load_model(demo_model_path(name))
+
+
+def model_spacing(model: LapIRN) -> tuple[float, float, float]:
+    """The voxel size a model was trained at (its recorded preprocessing), else 1 mm."""
+    prep = Preprocessing.from_metadata(getattr(model, "metadata", {}))
+    return tuple(prep.spacing) if prep is not None and prep.spacing is not None else (1.0, 1.0, 1.0)
 
 
 def demo_pair() -> tuple:
@@ -40,21 +51,27 @@ def demo_pair() -> tuple:
     return make_pair(DEMO_SHAPE, seed=DEMO_PAIR_SEED, max_voxels=DEMO_MAX_DISPLACEMENT)
 
 
-def run_demo(out: str | Path, device: str | None = None, quick: bool = False) -> dict:
-    """Register the demo pair with ff, io and nio_m; print a table, write ``demo.png`` and ``demo.json``."""
+def run_demo(out: str | Path, device: str | None = None, quick: bool = False, model_name: str | None = None) -> dict:
+    """Register the demo pair with ff, io and nio_m; print a table, write ``demo.png`` and ``demo.json``.
+
+    The phantom pair is given the voxel size the model was trained at (48×64×48 voxels of 3 mm make a
+    brain-sized head for the LPBA40 model), so the model sees it at its own scale and nothing is resampled.
+    """
     out = Path(out)
-    model = load_demo_model()
+    model = load_demo_model(model_name)
     fixed, moving = demo_pair()
+    affine = np.diag([*model_spacing(model), 1.0])
+    fixed_vol, moving_vol = Volume(fixed.image, affine), Volume(moving.image, affine)
     methods = {"ff": None, "io": [50], "nio_m": [100, 60, 30]}
     if quick:
         methods = {"ff": None, "io": [5], "nio_m": [5, 3, 2]}
     rows, warped = {}, {}
     before = mean_dice(fixed.labels, moving.labels)
-    print(f"demo pair {DEMO_SHAPE}, model {demo_model_path().name} "
+    print(f"demo pair {DEMO_SHAPE} (synthetic, {affine[0, 0]:g} mm voxels), model {demo_model_path(model_name).name} "
           f"(start_channel {model.config['start_channel']}), initial DSC {before:.3f}")
     print(f"{'method':8s} {'DSC':>6s} {'std|J|':>7s} {'fold%':>6s} {'time s':>7s}")
     for method, iterations in methods.items():
-        result = register(fixed.image, moving.image, model, method, iterations=iterations, device=device)
+        result, _ = register_volumes(model, fixed_vol, moving_vol, method, iterations=iterations, device=device)
         labels = result.warp_labels(moving.labels)
         jac = jacobian_statistics(result.jacobian_determinant())
         rows[method] = {"dice": mean_dice(fixed.labels, labels), "iterations": result.iterations,
@@ -66,8 +83,9 @@ def run_demo(out: str | Path, device: str | None = None, quick: bool = False) ->
               f"{r['seconds']:7.2f}")
     out.mkdir(parents=True, exist_ok=True)
     figure = save_figure(out / "demo.png", fixed.image, moving.image, warped)
-    summary = {"shape": DEMO_SHAPE, "initial_dice": before, "methods": rows, "device": result.device,
-               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    summary = {"shape": DEMO_SHAPE, "model": demo_model_path(model_name).name, "initial_dice": before,
+               "methods": rows, "device": result.device, "torch": torch.__version__,
+               "threads": torch.get_num_threads()}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {figure} and {out / 'demo.json'}")
     return summary
