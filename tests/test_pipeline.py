@@ -213,3 +213,14 @@ def test_register_without_model_uses_the_shipped_default_model(tmp_path):
     assert metrics["precision"] == "bf16"
     assert metrics["registration_grid"] == {"shape": [20, 24, 20], "spacing_mm": [3.0, 3.0, 3.0]}
     assert nib.load(out / "displacement_l2r.nii.gz").shape == (40, 48, 40, 3)
+
+
+def test_an_image_too_small_at_the_model_spacing_is_explained(files, tmp_path):
+    from nioreg.models import default_model_path
+
+    out = tmp_path / "out"
+    result = run("register", "--fixed", files["fixed"], "--moving", files["moving"], "--model", default_model_path(),
+                 "--method", "ff", "--out", out, "--quiet")
+    assert result.exit_code == 2
+    assert "model's voxel size (3×3×3 mm)" in result.output and "fixed.nii.gz" in result.output
+    assert not out.exists()

@@ -1,8 +1,9 @@
-"""Offline demo: the embedded model registers a built-in synthetic brain pair with ff, io and nio_m.
+"""Offline demo: a shipped model registers a built-in synthetic brain pair with ff, io and nio_m.
 
 Nothing is downloaded. The pair is generated from a fixed seed by :mod:`nioreg.data.phantom`; the model is
-``nioreg/assets/demo_model.pt``, a small LapIRN trained by :func:`train_demo_model` (see
-``scripts/train_demo_model.py``) on other phantoms from the same generator.
+the package's default model (LapIRN trained on LPBA40 at 3 mm, ``nioreg/assets``), which has never seen a
+phantom. ``nioreg/assets/demo_model.pt``, a small LapIRN trained on other phantoms by
+:func:`train_demo_model` (``scripts/train_demo_model.py``), can be used instead (``model_name``).
 """
 
 from __future__ import annotations

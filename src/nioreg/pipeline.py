@@ -144,6 +144,10 @@ def register_volumes(net, fixed: Volume, moving: Volume, method: str = "nio_m", 
     in voxels of ``fixed``.
     """
     view = model_view(net, fixed, moving, mask, fixed_name=fixed_name, moving_name=moving_name)
+    if view.fixed is not fixed and min(view.fixed.shape) < MIN_SIZE:
+        spacing = "×".join(f"{v:g}" for v in view.fixed.spacing)
+        raise InputError(f"{fixed_name}: at the model's voxel size ({spacing} mm) it has shape {view.fixed.shape}, "
+                         f"too small for a 3-level pyramid (every axis needs at least {MIN_SIZE} voxels)")
     mask_array = None if view.mask is None else (view.mask.array > 0).astype(np.float32)
     result = register(view.fixed.array, view.moving.array, net, method, mask=mask_array,
                       scale_intensities=view.preprocessing is None, **options)
