@@ -223,6 +223,7 @@ def test_shards_merge_equal_full_run(dataset, tmp_path):
     assert not (sharded / "report.md").exists()
     mid = runner.invoke(app, ["evaluate", "--merge-only", "--out", str(sharded)])
     assert mid.exit_code == 0, mid.output
+    assert f"merging {sharded / 'plan.json'}: 3 cases" in mid.output  # says which plan it merges
     assert case_files(full) == case_files(sharded)
     for f in case_files(full):
         a, b = (json.loads((d / "cases" / f).read_text()) for d in (full, sharded))

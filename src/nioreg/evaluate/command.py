@@ -163,6 +163,11 @@ def run_brain(*, dataset, atlas, model, variant, methods, out, reference="nio_m"
         if dist is not None and dist[0] != 0:
             return None  # under torchrun only rank 0 merges
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from .harness import read_plan
+
+        merged = read_plan(out)  # the plan of the last computing run, not this call's --methods/--subjects
+        echo(f"merging {out / 'plan.json'}: {len(merged.pairs)} cases × "
+             f"{', '.join(spec.label for spec in merged.all_methods)}")
         run = merge(out, figure_case=figure_case, provenance=provenance(str(dev), seed))
         _echo_summary(run, out, echo)
         return run
