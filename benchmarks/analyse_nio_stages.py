@@ -1,10 +1,9 @@
 """Why does NIO_m not beat IO on LPBA40 at half resolution? Stage-wise Dice and loss of NIO_m per learning
 rate, next to ff and IO(200), on the pairs of bench_evaluate_lpba.py (issue #3).
 
-For each pair and each ``--lrs`` value, NIO_m [100, 60, 30] runs through the same pieces as
-:func:`nioreg.methods.neural.multiresolution_nio` (a private copy of the network, one Adam per stage, best
-iterate kept), and after every stage the best field so far is scored: full-resolution loss, Dice over the
-56 structures, std|J|. Prints a Markdown table and writes benchmarks/results/nio_stages.json.
+For each pair and each ``--lrs`` value, NIO_m [100, 60, 30] runs through
+:func:`nioreg.methods.neural.multiresolution_nio` itself, and after every stage (``Pair.on_stage``) the best
+field so far is scored: full-resolution loss, Dice over the 56 structures, std|J|. Prints a Markdown table and writes benchmarks/results/nio_stages.json.
 
     cd benchmarks && python analyse_nio_stages.py --subjects S02,S03,S04 --lrs 1e-4,3e-4 --threads 2
 
@@ -26,8 +25,8 @@ from nioreg.evaluate import jacobian_statistics, mean_dice
 from nioreg.io import load_image, load_labels
 from nioreg.methods import Pair, register
 from nioreg.methods.api import scale_to_unit
-from nioreg.methods.loop import run_stage
-from nioreg.methods.neural import _private_copy
+from nioreg.methods.feedforward import feedforward
+from nioreg.methods.neural import multiresolution_nio
 from nioreg.models import load_model
 from nioreg.spatial import jacobian_determinant, warp_labels
 
@@ -41,19 +40,18 @@ def score(pair: Pair, disp: torch.Tensor, fixed_labels: np.ndarray, moving_label
 
 
 def nio_m_stages(model, fixed, moving, fixed_labels, moving_labels, lr: float, iterations=(100, 60, 30)) -> list[dict]:
+    """NIO_m as :func:`nioreg.methods.neural.multiresolution_nio` runs it, scored after every stage."""
     pair = Pair(scale_to_unit(fixed), scale_to_unit(moving))
-    work = _private_copy(model)
-    net = pair.network(work)
-    rows = []
-    with torch.no_grad():
-        rows.append({"stage": "ff", **score(pair, net.field(3), fixed_labels, moving_labels)})
+    rows = [{"stage": "ff", **score(pair, feedforward(pair, model), fixed_labels, moving_labels)}]
     started = time.perf_counter()
-    for level, count in enumerate(iterations, start=1):
-        params = [p for lvl in range(1, level + 1) for p in work.level_parameters(lvl)]
-        stage = run_stage(f"level{level}", params, lambda lvl=level: net.field(lvl), pair.objective, count, lr,
-                          pair.log, pair.safeguards)
-        rows.append({"stage": f"level {level} ({count} it)", "seconds": time.perf_counter() - started,
-                     **score(pair, stage.best_field, fixed_labels, moving_labels)})
+
+    def on_stage(name: str, field: torch.Tensor) -> None:
+        level = int(name[-1])
+        rows.append({"stage": f"level {level} ({iterations[level - 1]} it)", "seconds": time.perf_counter() - started,
+                     **score(pair, field, fixed_labels, moving_labels)})
+
+    pair.on_stage = on_stage
+    multiresolution_nio(pair, model, list(iterations), lr)
     rows[-1]["events"] = pair.log.events
     return rows
 

@@ -80,6 +80,18 @@ def test_nio_m_computes_the_loss_at_full_resolution_at_every_level(model, monkey
     assert seen and all(shapes == (SHAPE, SHAPE, SHAPE) for shapes in seen)
 
 
+def test_nio_m_reports_each_stage_best_field(model):
+    from nioreg.methods.neural import multiresolution_nio
+
+    pair = Pair(torch.as_tensor(smooth_volume(1))[None, None], torch.as_tensor(smooth_volume(2))[None, None])
+    stages = []
+    pair.on_stage = lambda name, field: stages.append((name, field.clone()))
+    final = multiresolution_nio(pair, model, [2, 2, 1], 1e-4)
+    assert [name for name, _ in stages] == ["level1", "level2", "level3"]
+    assert all(field.shape == (1, 3) + SHAPE for _, field in stages)
+    assert torch.equal(stages[-1][1], final)
+
+
 def test_nio_m_level_one_stage_only_changes_level_one_weights(model):
     from nioreg.methods.neural import multiresolution_nio
 

@@ -14,7 +14,6 @@ from ..spatial import jacobian_determinant, transform_points, warp, warp_labels
 from .feedforward import feedforward
 from .instance import instance_optimisation
 from .loop import OptimisationLog, Safeguards
-from .network import PRECISIONS
 from .neural import multiresolution_nio, neural_instance_optimisation
 from .pair import Pair
 
@@ -145,8 +144,6 @@ def register(
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must be in [0, 1], got {lam}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     iters = list(DEFAULT_ITERATIONS[method]) if iterations is None else (
         [int(iterations)] if isinstance(iterations, int) else [int(i) for i in iterations])
     if method in ("io", "nio") and len(iters) != 1:

@@ -48,4 +48,6 @@ def multiresolution_nio(pair: Pair, model: nn.Module, iterations: Sequence[int],
         stage = run_stage(f"level{level}", params, lambda lvl=level: pair.smooth(net.field(lvl)), pair.objective,
                           count, lr, pair.log, pair.safeguards, pair.on_iteration)
         field = stage.best_field
+        if pair.on_stage is not None:
+            pair.on_stage(f"level{level}", field)
     return field

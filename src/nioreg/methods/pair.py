@@ -25,6 +25,8 @@ class Pair:
     log: OptimisationLog = field(default_factory=OptimisationLog)
     safeguards: Safeguards = field(default_factory=Safeguards)
     on_iteration: Callable[[str, int, float], None] | None = None
+    on_stage: Callable[[str, Tensor], None] | None = None
+    """Called after each NIO_m stage with its name and best field (e.g. to score stages, benchmarks/)."""
     smoothing: Callable[[Tensor], Tensor] | None = None
     """Optional deformation model applied to every field a method produces before it is evaluated and
     returned (e.g. :class:`nioreg.lung.BSplineSmoothing`, the B-spline-like filter of Siebert et al. 2021).
