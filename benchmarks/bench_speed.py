@@ -24,15 +24,14 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import downsample_image, downsample_labels, git_revision, machine, shared_dir
+from common import (downsample_image, downsample_labels, git_revision, machine, run_worker, shared_dir, split_list,
+                    write_rows)
 
 
 def load_pair(factor: int, synthetic: bool, shape: tuple[int, int, int]):
@@ -77,7 +76,7 @@ def worker(config: dict) -> dict:
     for _ in range(config["repeats"] + config["warmup"]):
         started = time.perf_counter()
         result, _ = register_volumes(model, fixed, moving, spec.name, iterations=iterations, device=device,
-                                     precision=config["precision"])
+                                     precision=config["precision"], memory_format=config["memory_format"])
         times.append(time.perf_counter() - started)
     times = times[config["warmup"]:]
     labels = result.warp_labels(moving_labels)
@@ -86,7 +85,7 @@ def worker(config: dict) -> dict:
            "stage_seconds": result.log.stage_seconds, "dice": mean_dice(fixed_labels, labels),
            "dice_before": mean_dice(fixed_labels, moving_labels),
            **jacobian_statistics(result.jacobian_determinant()),
-           "fell_back": result.fell_back_to_feedforward,
+           "fell_back": result.fell_back_to_feedforward, "memory_format_used": result.memory_format,
            "peak_cpu_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "cpu_rss_before_gib": rss_before, "torch": torch.__version__, "machine": machine()}
     if device.type == "cuda":
@@ -95,11 +94,17 @@ def worker(config: dict) -> dict:
     return row
 
 
+def _key(row: dict) -> tuple:
+    """Rows with the same key replace each other in the results file (rows from before layouts: contiguous)."""
+    return row["method"], row["precision"], row["threads"], row.get("memory_format_used", "contiguous")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="ff;io:200;nio_m:100,60,30", help="method specs separated by ';'")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--factor", type=int, default=1, help="1 = full resolution 160x192x160, 2 = half")
+    parser.add_argument("--memory-formats", default="auto", help="comma-separated: auto, channels_last, contiguous")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
@@ -114,34 +119,27 @@ def main() -> None:
     shape = [int(v) for v in args.shape.split(",")]
     rows = []
     print(f"machine: {machine()}; rev {git_revision()}", flush=True)
-    print("| method | precision | device | shape | threads | median s (min–max, n) | peak memory | DSC | std\\|J\\| |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
-    for method in [m.strip() for m in args.methods.split(";") if m.strip()]:
-        for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-            config = {"method": method, "precision": precision, "device": args.device, "threads": args.threads,
-                      "repeats": args.repeats, "warmup": args.warmup, "factor": args.factor,
-                      "synthetic": args.synthetic, "shape": shape}
-            done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(config)], capture_output=True,
-                                  text=True, cwd=Path(__file__).parent)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode != 0 or not lines:
-                print(f"| {method} | {precision} | failed: {done.stderr.strip().splitlines()[-1:]} |", flush=True)
-                continue
-            row = json.loads(lines[-1][len("RESULT "):])
-            rows.append(row)
-            memory = (f"{row['peak_gpu_memory_gib']:.2f} GiB GPU" if "peak_gpu_memory_gib" in row
-                      else f"{row['peak_cpu_rss_gib']:.2f} GiB RSS")
-            where = row.get("gpu", "CPU")
-            print(f"| {method} | {precision} | {where} | {'×'.join(map(str, row['shape']))} | {row['threads']} | "
-                  f"{row['median_seconds']:.2f} ({row['min_seconds']:.2f}–{row['max_seconds']:.2f}, {args.repeats}) | "
-                  f"{memory} | {row['dice']:.3f} | {row['jacobian_std']:.3f} |", flush=True)
-    out = Path(__file__).parent / "results" / f"speed_{args.device.replace(':', '')}_x{args.factor}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(out.read_text())["rows"] if out.is_file() else []
-    keep = [r for r in previous if (r["method"], r["precision"], r["threads"]) not in
-            {(r2["method"], r2["precision"], r2["threads"]) for r2 in rows}]
-    out.write_text(json.dumps({"machine": machine(), "revision": git_revision(), "rows": keep + rows}, indent=2))
-    print(f"wrote {out}")
+    print("| method | precision | layout | device | shape | threads | median s (min–max, n) | peak memory | DSC | std\\|J\\| |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    configs = [(method, precision, layout) for method in split_list(args.methods, ";")
+               for precision in split_list(args.precisions, ",") for layout in split_list(args.memory_formats, ",")]
+    for method, precision, layout in configs:
+        config = {"method": method, "precision": precision, "memory_format": layout, "device": args.device,
+                  "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, "factor": args.factor,
+                  "synthetic": args.synthetic, "shape": shape}
+        row = run_worker(__file__, config)
+        if isinstance(row, str):
+            print(f"| {method} | {precision} | {layout} | failed: {row} |", flush=True)
+            continue
+        rows.append(row)
+        memory = (f"{row['peak_gpu_memory_gib']:.2f} GiB GPU" if "peak_gpu_memory_gib" in row
+                  else f"{row['peak_cpu_rss_gib']:.2f} GiB RSS")
+        where = row.get("gpu", "CPU")
+        print(f"| {method} | {precision} | {row['memory_format_used']} | {where} | {'×'.join(map(str, row['shape']))} | "
+              f"{row['threads']} | {row['median_seconds']:.2f} ({row['min_seconds']:.2f}–{row['max_seconds']:.2f}, "
+              f"{args.repeats}) | {memory} | {row['dice']:.3f} | {row['jacobian_std']:.3f} |", flush=True)
+    write_rows(Path(__file__).parent / "results" / f"speed_{args.device.replace(':', '')}_x{args.factor}.json", rows,
+               _key)
 
 
 if __name__ == "__main__":

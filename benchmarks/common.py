@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 
 
 def shared_dir() -> Path:
@@ -62,3 +63,31 @@ def git_revision() -> str:
                               cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def run_worker(script: str, config: dict) -> dict | str:
+    """Run ``script --worker CONFIG`` in a fresh process (clean peak memory, no shared caches or compiled code).
+
+    The worker prints one line ``RESULT <json>``; returns that dictionary, or the last line of stderr when the
+    worker failed.
+    """
+    done = subprocess.run([sys.executable, script, "--worker", json.dumps(config)], capture_output=True, text=True,
+                          cwd=Path(script).parent)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        return (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def write_rows(path: Path, rows: list[dict], key) -> None:
+    """Write ``rows`` to the results file ``path``, replacing earlier rows with the same ``key(row)``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text())["rows"] if path.is_file() else []
+    keep = [r for r in previous if key(r) not in {key(r2) for r2 in rows}]
+    path.write_text(json.dumps({"machine": machine(), "revision": git_revision(), "rows": keep + rows}, indent=2))
+    print(f"wrote {path}")
+
+
+def split_list(text: str, sep: str = ",") -> list[str]:
+    """Command-line list ``"a, b,"`` -> ``["a", "b"]``."""
+    return [part.strip() for part in text.split(sep) if part.strip()]

@@ -6,7 +6,7 @@ import torch
 
 from nioreg.methods import Pair, Safeguards, register  # noqa: F401  (Pair re-exported for hooks)
 from nioreg.methods import pair as pair_module
-from nioreg.methods.network import PairNetwork, padding_for
+from nioreg.methods.network import PairNetwork, in_memory_format, padding_for, resolve_memory_format
 from nioreg.models import build_model
 from scipy import ndimage
 
@@ -152,6 +152,7 @@ def test_result_transforms_points_and_labels(model):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"precision": "fp16"}, "unknown precision"),
+    ({"memory_format": "nhwc"}, "unknown memory format"),
     ({"method": "magic"}, "unknown method"),
     ({"method": "io", "iterations": [1, 2]}, "one iteration count"),
     ({"method": "nio_m", "iterations": [1, 2]}, "3 iteration counts"),
@@ -172,6 +173,38 @@ def test_bf16_network_stays_close_to_fp32_and_keeps_fp32_outputs(model):
     assert abs(fast.final_loss - exact.final_loss) < 1e-3
     nio = register(fixed, moving, model, "nio_m", iterations=[2, 2, 1], device="cpu", precision="bf16")
     assert nio.final_loss <= nio.feedforward_loss + 1e-7 and nio.summary()["precision"] == "bf16"
+
+
+def test_memory_format_auto_is_channels_last_on_cpu_only():
+    assert resolve_memory_format("auto", torch.device("cpu")) == torch.channels_last_3d
+    assert resolve_memory_format("auto", torch.device("cuda")) == torch.contiguous_format
+    assert resolve_memory_format("channels_last", torch.device("cuda")) == torch.channels_last_3d
+    assert resolve_memory_format("contiguous", torch.device("cpu")) == torch.contiguous_format
+
+
+def test_channels_last_converts_a_copy_and_leaves_the_callers_model_alone(model):
+    converted = in_memory_format(model, torch.channels_last_3d)
+    assert converted is not model
+    convs = [(a, b) for a, b in zip(model.parameters(), converted.parameters()) if a.dim() == 5]
+    assert convs and all(a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last_3d)
+                         and torch.equal(a, b) for a, b in convs)
+    assert in_memory_format(converted, torch.channels_last_3d) is converted  # nothing to do: no copy
+    assert in_memory_format(model, torch.contiguous_format) is model
+
+
+@pytest.mark.parametrize("method,iterations", [("ff", None), ("io", 3), ("nio_m", [2, 2, 1])])
+def test_channels_last_gives_the_contiguous_result(model, method, iterations):
+    fixed, moving = smooth_volume(1), smooth_volume(2)
+    runs = {fmt: register(fixed, moving, model, method, iterations=iterations, lr=1e-3 if method == "nio_m" else None,
+                          device="cpu", memory_format=fmt) for fmt in ("contiguous", "channels_last")}
+    assert runs["channels_last"].summary()["memory_format"] == "channels_last"
+    assert runs["contiguous"].summary()["memory_format"] == "contiguous"
+    assert runs["channels_last"].displacement.is_contiguous()
+    # same arithmetic in another order: fp32 rounding only
+    torch.testing.assert_close(runs["channels_last"].displacement, runs["contiguous"].displacement,
+                               atol=1e-4, rtol=1e-4)
+    assert abs(runs["channels_last"].final_loss - runs["contiguous"].final_loss) < 1e-5
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_too_small_volume_is_refused(model):

@@ -35,11 +35,14 @@ class Pair:
     precision: str = "fp32"
     """Arithmetic of the network (:data:`nioreg.methods.network.PRECISIONS`); the loss is always fp32."""
 
+    memory_format: torch.memory_format = torch.contiguous_format
+    """Layout of the network's inputs (:func:`nioreg.methods.network.resolve_memory_format`)."""
+
     _prepared: PreparedFixed | None = field(default=None, init=False, repr=False)
 
     def network(self, model: nn.Module) -> PairNetwork:
-        """``model`` bound to this pair (padding, units, precision)."""
-        return PairNetwork(model, self.fixed, self.moving, self.lam, self.precision)
+        """``model`` bound to this pair (padding, units, precision, memory layout)."""
+        return PairNetwork(model, self.fixed, self.moving, self.lam, self.precision, self.memory_format)
 
     def smooth(self, disp: Tensor) -> Tensor:
         """``disp`` through :attr:`smoothing` (unchanged when there is none)."""
