@@ -112,7 +112,8 @@ IMPLS = {
     "cumsum64": lambda I, J: lncc_autograd(I, J, box_cumsum, f64, True),
     "sep_avgpool64": lambda I, J: lncc_autograd(I, J, box_avgpool, f64, True),
     "nioreg custom-bwd, cumsum64 box": with_box(box_mean_cumsum),
-    "nioreg.lncc (custom-bwd, avgpool64)": lambda I, J: lncc(I, J, window=W),
+    "nioreg custom-bwd, avgpool64 box": with_box(kernel.box_mean_pooled),
+    "nioreg.lncc (custom-bwd, shifted-sum64 box)": lambda I, J: lncc(I, J, window=W),
     "nioreg.lncc prepared fixed": None,  # filled per image (needs the fixed image)
 }
 

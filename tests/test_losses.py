@@ -131,6 +131,27 @@ IMAGE_CASES = {
 
 
 # --------------------------------------------------------------------------------- reference: values, grads
+@pytest.mark.parametrize("window", [1, 3, 5, 7, 9])
+@pytest.mark.parametrize("shape", [(6, 7, 5), (12, 9, 10)])  # also smaller than the window along an axis
+@pytest.mark.parametrize("slab_elements", [None, 1, 20000])  # one slab; one slice per slab; a few slices per slab
+def test_both_box_filters_equal_the_dense_box(window, shape, slab_elements, monkeypatch):
+    from nioreg.losses import _lncc_kernel
+    from nioreg.losses._lncc_kernel import box_mean, box_mean_pooled, box_mean_shifted
+
+    if slab_elements is not None:
+        monkeypatch.setattr(_lncc_kernel, "SLAB_ELEMENTS", slab_elements)
+
+    x = torch.rand((2, 3) + shape, generator=_gen(window), dtype=f64)
+    x[:, :, : shape[0] // 2] = 0.0  # a block of exact zeros stays exactly 0 away from its edge
+    ones = torch.ones(3, 1, window, window, window, dtype=f64)
+    dense = F.conv3d(x, ones, padding=window // 2, groups=3) / window**3
+    pooled_fits = min(shape) >= window  # avg_pool3d refuses a kernel longer than the image
+    for box in (box_mean, box_mean_shifted) + ((box_mean_pooled,) if pooled_fits else ()):
+        torch.testing.assert_close(box(x, window), dense, rtol=0, atol=1e-15)
+    interior = box_mean_shifted(x, window)[:, :, : max(shape[0] // 2 - window // 2, 0)]
+    assert torch.count_nonzero(interior) == 0
+
+
 @pytest.mark.parametrize("window", [3, 5, 7])
 @pytest.mark.parametrize("eps", [1e-5, 1e-8])
 def test_matches_dense_reference_float64(window, eps):
