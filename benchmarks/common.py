@@ -80,11 +80,15 @@ def run_worker(script: str, config: dict) -> dict | str:
 
 
 def write_rows(path: Path, rows: list[dict], key) -> None:
-    """Write ``rows`` to the results file ``path``, replacing earlier rows with the same ``key(row)``."""
+    """Write ``rows`` to the results file ``path``, replacing earlier rows with the same ``key(row)``.
+
+    Each new row is stamped with the revision it was measured at (kept rows keep theirs)."""
+    revision = git_revision()
+    rows = [{**row, "revision": row.get("revision", revision)} for row in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(path.read_text())["rows"] if path.is_file() else []
     keep = [r for r in previous if key(r) not in {key(r2) for r2 in rows}]
-    path.write_text(json.dumps({"machine": machine(), "revision": git_revision(), "rows": keep + rows}, indent=2))
+    path.write_text(json.dumps({"machine": machine(), "revision": revision, "rows": keep + rows}, indent=2))
     print(f"wrote {path}")
 
 
