@@ -200,9 +200,11 @@ def test_channels_last_gives_the_contiguous_result(model, method, iterations):
     assert runs["channels_last"].summary()["memory_format"] == "channels_last"
     assert runs["contiguous"].summary()["memory_format"] == "contiguous"
     assert runs["channels_last"].displacement.is_contiguous()
-    # same arithmetic in another order: fp32 rounding only
+    # Same arithmetic in another order: fp32 rounding only. IO's Adam steps the field itself by
+    # lr · g / (|g| + eps), so where a gradient is ~eps that rounding becomes a part of the 0.1-voxel step.
+    atol = 2e-3 if method == "io" else 1e-4
     torch.testing.assert_close(runs["channels_last"].displacement, runs["contiguous"].displacement,
-                               atol=1e-4, rtol=1e-4)
+                               atol=atol, rtol=1e-4)
     assert abs(runs["channels_last"].final_loss - runs["contiguous"].final_loss) < 1e-5
     assert all(p.is_contiguous() for p in model.parameters())
 

@@ -420,3 +420,66 @@ def test_metadata_with_version_objects_round_trips_and_files_are_world_readable(
     assert loaded.metadata["torch"] == str(torch.__version__) and type(loaded.metadata["torch"]) is str
     assert loaded.metadata["shape"] == [1, 2]
     assert path.stat().st_mode & stat.S_IRGRP  # not the 0600 of a bare mkstemp
+
+
+# ------------------------------------------------------------------------------------------
+# Conv3d: small float32 CPU convolutions kept on oneDNN
+# ------------------------------------------------------------------------------------------
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+
+
+def _conv_case(shape, out_channels, stride, bias, channels_last, seed=0):
+    from nioreg.models.blocks import Conv3d
+
+    torch.manual_seed(seed)
+    conv = Conv3d(shape[1], out_channels, 3, stride=stride, padding=1, bias=bias)
+    x = torch.randn(shape)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return conv, x.requires_grad_()
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 6, 8, 5), (1, 4, 10, 12, 9), (1, 2, 64, 176, 8), (2, 3, 6, 8, 5)])
+@pytest.mark.parametrize("out_channels", [4, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv3d_equals_nn_conv3d_with_gradients(shape, out_channels, stride, bias, channels_last):
+    # Shapes below the native-kernel limit (grouped path), above it (2·64·176 > 20480) and batch 2.
+    conv, x = _conv_case(shape, out_channels, stride, bias, channels_last)
+    grad_out = torch.randn_like(conv(x))
+    conv(x).backward(grad_out)
+    ours = [x.grad.clone(), *(p.grad.clone() for p in conv.parameters())]
+    x.grad = None
+    conv.zero_grad()
+    reference = torch.nn.functional.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+    torch.testing.assert_close(conv(x), reference, rtol=1e-5, atol=1e-5)
+    reference.backward(grad_out)
+    expected = [x.grad, *(p.grad for p in conv.parameters())]
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_small_float32_conv3d_avoids_the_slow_native_kernel():
+    from torch.profiler import ProfilerActivity, profile
+
+    conv, x = _conv_case((1, 4, 10, 12, 9), 3, 1, False, False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        conv(x).sum().backward()
+    ops_run = {event.key for event in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in ops_run
+    assert not {"aten::slow_conv3d_forward", "aten::slow_conv3d_backward"} & ops_run
+
+
+def test_conv3d_grouped_path_only_where_pytorch_would_take_the_native_kernel():
+    from nioreg.models.blocks import _takes_slow_native_kernel
+
+    conv, x = _conv_case((1, 4, 10, 12, 9), 4, 1, False, False)
+    assert _takes_slow_native_kernel(x, conv) == torch.backends.mkldnn.is_available()
+    assert not _takes_slow_native_kernel(torch.zeros(1, 2, 64, 176, 8), conv)   # N·C·D·H > 20480
+    assert not _takes_slow_native_kernel(torch.zeros(2, 4, 10, 12, 9), conv)    # batch > 1
+    assert not _takes_slow_native_kernel(x.double(), conv)                       # float64 stays as is
+    with torch.autocast("cpu", dtype=torch.bfloat16):                           # bf16 goes to oneDNN anyway
+        assert not _takes_slow_native_kernel(x, conv)

@@ -11,9 +11,43 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PreActBlock", "ConditionalInstanceNorm", "PreActBlockConditional"]
+__all__ = ["Conv3d", "PreActBlock", "ConditionalInstanceNorm", "PreActBlockConditional"]
 
 _SLOPE = 0.2  # LeakyReLU negative slope used everywhere in LapIRN
+
+#: PyTorch sends a float32, batch-1, ungrouped CPU convolution whose kernel is at most 3 along H or W to
+#: its own unvectorised kernel (``slow_conv3d``) instead of oneDNN when N·C·D·H of the input is at most this
+#: (a heuristic of ``aten/src/ATen/native/Convolution.cpp``, tuned on 2D images). For LapIRN's 3D
+#: layers that is 5-10× slower forward and backward (BENCHMARKS.md, "Speed").
+_NATIVE_KERNEL_LIMIT = 20480
+
+
+def _takes_slow_native_kernel(x: Tensor, conv: nn.Conv3d) -> bool:
+    return (x.device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and conv.groups == 1 and conv.padding_mode == "zeros" and x.dim() == 5 and x.shape[0] == 1
+            and min(conv.kernel_size[-2:]) <= 3 and x.shape[1] * x.shape[2] * x.shape[3] <= _NATIVE_KERNEL_LIMIT)
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and state_dict keys) that keeps small float32 CPU inputs on oneDNN.
+
+    Where PyTorch would pick its slow native kernel (see :data:`_NATIVE_KERNEL_LIMIT`), the same
+    convolution is computed as a two-group one over the input given twice: group g sees one copy and
+    holds output channels g·C/2 … (g+1)·C/2 - 1, so the result is exactly ``conv3d(x, weight)`` up to
+    float32 summation order, and grouped convolutions always go to oneDNN. An odd number of output
+    channels gets one zero filter, sliced off again. Everything else is plain ``nn.Conv3d``.
+    """
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # noqa: A002
+        if not _takes_slow_native_kernel(input, self):
+            return super()._conv_forward(input, weight, bias)
+        out_channels = weight.shape[0]
+        if out_channels % 2:
+            weight = torch.cat([weight, weight.new_zeros(1, *weight.shape[1:])])
+            bias = None if bias is None else torch.cat([bias, bias.new_zeros(1)])
+        out = F.conv3d(torch.cat([input, input], dim=1), weight, bias, self.stride, self.padding, self.dilation, 2)
+        return out[:, :out_channels] if out_channels % 2 else out
 
 
 class PreActBlock(nn.Module):
@@ -21,8 +55,8 @@ class PreActBlock(nn.Module):
 
     def __init__(self, channels: int, bias: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(channels, channels, kernel_size=3, stride=1, padding=1, bias=bias)
-        self.conv2 = nn.Conv3d(channels, channels, kernel_size=3, stride=1, padding=1, bias=bias)
+        self.conv1 = Conv3d(channels, channels, kernel_size=3, stride=1, padding=1, bias=bias)
+        self.conv2 = Conv3d(channels, channels, kernel_size=3, stride=1, padding=1, bias=bias)
 
     def forward(self, x: Tensor, code: Tensor | None = None) -> Tensor:  # noqa: ARG002 - uniform signature
         out = self.conv1(F.leaky_relu(x, negative_slope=_SLOPE))
@@ -59,9 +93,9 @@ class PreActBlockConditional(nn.Module):
     def __init__(self, channels: int, bias: bool = False, latent_dim: int = 64, mapping_fmaps: int = 64) -> None:
         super().__init__()
         self.ai1 = ConditionalInstanceNorm(channels, latent_dim=latent_dim)
-        self.conv1 = nn.Conv3d(channels, channels, kernel_size=3, stride=1, padding=1, bias=bias)
+        self.conv1 = Conv3d(channels, channels, kernel_size=3, stride=1, padding=1, bias=bias)
         self.ai2 = ConditionalInstanceNorm(channels, latent_dim=latent_dim)
-        self.conv2 = nn.Conv3d(channels, channels, kernel_size=3, stride=1, padding=1, bias=bias)
+        self.conv2 = Conv3d(channels, channels, kernel_size=3, stride=1, padding=1, bias=bias)
         self.mapping = nn.Sequential(
             nn.Linear(1, mapping_fmaps), nn.LeakyReLU(_SLOPE),
             nn.Linear(mapping_fmaps, mapping_fmaps), nn.LeakyReLU(_SLOPE),

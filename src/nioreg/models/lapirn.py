@@ -30,7 +30,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import _official_ops as ops
-from .blocks import PreActBlock, PreActBlockConditional
+from .blocks import Conv3d, PreActBlock, PreActBlockConditional
 
 __all__ = ["LapIRN", "build_model", "normalise_config", "lambda_to_reg_code", "DEFAULT_CONFIG"]
 
@@ -159,11 +159,11 @@ class _PyramidLevel(nn.Module):
         in_ch = config["in_channel"] + (0 if level == 1 else config["n_classes"])
 
         self.input_encoder_lvl1 = nn.Sequential(
-            nn.Conv3d(in_ch, enc, 3, stride=1, padding=1, bias=False),
+            Conv3d(in_ch, enc, 3, stride=1, padding=1, bias=False),
             nn.LeakyReLU(0.2),
-            nn.Conv3d(enc, enc, 3, stride=1, padding=1, bias=False),
+            Conv3d(enc, enc, 3, stride=1, padding=1, bias=False),
         )
-        self.down_conv = nn.Conv3d(enc, body, 3, stride=2, padding=1, bias=False)
+        self.down_conv = Conv3d(enc, body, 3, stride=2, padding=1, bias=False)
         blocks: list[nn.Module] = []
         for _ in range(_N_RESBLOCKS):
             if self.conditional:
@@ -178,9 +178,9 @@ class _PyramidLevel(nn.Module):
         self.up = nn.ConvTranspose3d(body, up_out, 2, stride=2, padding=0, output_padding=0, bias=False)
         # int(in/2) as officially: the hidden width of the output head is half its input width.
         self.output_lvl1 = nn.Sequential(
-            nn.Conv3d(head_in, head_in // 2, 3, stride=1, padding=1, bias=False),
+            Conv3d(head_in, head_in // 2, 3, stride=1, padding=1, bias=False),
             nn.LeakyReLU(0.2),
-            nn.Conv3d(head_in // 2, config["n_classes"], 3, stride=1, padding=1, bias=False),
+            Conv3d(head_in // 2, config["n_classes"], 3, stride=1, padding=1, bias=False),
             nn.Softsign(),
         )
         if previous is not None:
