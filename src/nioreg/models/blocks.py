@@ -18,7 +18,7 @@ _SLOPE = 0.2  # LeakyReLU negative slope used everywhere in LapIRN
 #: PyTorch sends a float32, batch-1, ungrouped CPU convolution whose kernel is at most 3 along H or W to
 #: its own unvectorised kernel (``slow_conv3d``) instead of oneDNN when N·C·D·H of the input is at most this
 #: (a heuristic of ``aten/src/ATen/native/Convolution.cpp``, tuned on 2D images). For LapIRN's 3D
-#: layers that is 5-10× slower forward and backward (BENCHMARKS.md, "Speed").
+#: layers that is up to 7× slower, forward + backward (benchmarks/bench_conv.py; BENCHMARKS.md, "Speed").
 _NATIVE_KERNEL_LIMIT = 20480
 
 
