@@ -21,7 +21,6 @@ Prints Markdown rows for BENCHMARKS.md and writes benchmarks/results/network_<de
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from bench_speed import load_pair
-from common import git_revision, machine, run_worker, split_list, write_rows
+from common import add_worker_options, git_revision, machine, run_worker, serve_worker, split_list, write_rows
 
 PARTS = ("ff", "step1", "step2", "step3")
 
@@ -44,7 +43,7 @@ def worker(config: dict) -> dict:
 
     from nioreg.methods import Pair
     from nioreg.methods.api import scale_to_unit
-    from nioreg.methods.network import in_memory_format, resolve_memory_format
+    from nioreg.methods.network import in_memory_format, memory_format_name, resolve_memory_format
 
     torch.set_num_threads(config["threads"])
     device = torch.device(config["device"])
@@ -84,7 +83,7 @@ def worker(config: dict) -> dict:
         times.append(time.perf_counter() - started)
     row = {**config, "data": description, "shape": list(fixed.shape), "first_call_seconds": times[0],
            "median_seconds": statistics.median(times[config["warmup"]:]), "seconds": times[config["warmup"]:],
-           "memory_format_used": "channels_last" if layout == torch.channels_last_3d else "contiguous",
+           "memory_format_used": memory_format_name(layout),
            "torch": torch.__version__, "machine": machine()}
     if reference is not None:
         row["max_abs_diff_vs_fp32_voxels"] = float((out - reference).abs().max())
@@ -105,16 +104,11 @@ def main() -> None:
     parser.add_argument("--memory-formats", default="contiguous,channels_last")
     parser.add_argument("--compile", default="off", help="off, on, or off,on")
     parser.add_argument("--factor", type=int, default=2, help="1 = full resolution 160x192x160, 2 = half")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="untimed first calls (with --compile: compilation)")
-    parser.add_argument("--synthetic", action="store_true", help="phantom pair instead of ../shared")
-    parser.add_argument("--shape", default="160,192,144", help="shape of the --synthetic pair")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_worker_options(parser)
     args = parser.parse_args()
-    if args.worker:
-        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+    if serve_worker(args, worker):
         return
     if not set(split_list(args.parts)) <= set(PARTS) or not set(split_list(args.compile)) <= {"off", "on"}:
         parser.error(f"--parts takes {', '.join(PARTS)}; --compile takes off, on")

@@ -21,7 +21,6 @@ Prints Markdown rows for BENCHMARKS.md and writes benchmarks/results/speed_<devi
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import time
@@ -30,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (downsample_image, downsample_labels, git_revision, machine, run_worker, shared_dir, split_list,
-                    write_rows)
+from common import (add_worker_options, downsample_image, downsample_labels, git_revision, machine, run_worker,
+                    serve_worker, shared_dir, split_list, write_rows)
 
 
 def load_pair(factor: int, synthetic: bool, shape: tuple[int, int, int]):
@@ -105,16 +104,11 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--factor", type=int, default=1, help="1 = full resolution 160x192x160, 2 = half")
     parser.add_argument("--memory-formats", default="auto", help="comma-separated: auto, channels_last, contiguous")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (allocator, oneDNN/cuDNN plans)")
-    parser.add_argument("--synthetic", action="store_true", help="phantom pair instead of ../shared")
-    parser.add_argument("--shape", default="160,192,144", help="shape of the --synthetic pair")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_worker_options(parser)
     args = parser.parse_args()
-    if args.worker:
-        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+    if serve_worker(args, worker):
         return
     shape = [int(v) for v in args.shape.split(",")]
     rows = []

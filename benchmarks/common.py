@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -63,6 +64,23 @@ def git_revision() -> str:
                               cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """Options every subprocess-per-configuration benchmark shares (device, threads, data, worker entry)."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--synthetic", action="store_true", help="phantom pair instead of ../shared")
+    parser.add_argument("--shape", default="160,192,144", help="shape of the --synthetic pair")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
+def serve_worker(args: argparse.Namespace, worker) -> bool:
+    """In a process started by :func:`run_worker`: run ``worker`` on its config, print its result, return True."""
+    if not args.worker:
+        return False
+    print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+    return True
 
 
 def run_worker(script: str, config: dict) -> dict | str:

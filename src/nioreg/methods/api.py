@@ -14,7 +14,7 @@ from ..spatial import jacobian_determinant, transform_points, warp, warp_labels
 from .feedforward import feedforward
 from .instance import instance_optimisation
 from .loop import OptimisationLog, Safeguards
-from .network import in_memory_format, resolve_memory_format
+from .network import in_memory_format, memory_format_name, resolve_memory_format
 from .neural import multiresolution_nio, neural_instance_optimisation
 from .pair import Pair
 
@@ -217,7 +217,7 @@ def register(
         displacement=disp.detach(), method=method, iterations=iters, lr=step, lam=lam, seconds=seconds,
         feedforward_seconds=ff_seconds, feedforward_loss=ff_loss, final_loss=final_loss,
         fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=precision,
-        memory_format="channels_last" if layout == torch.channels_last_3d else "contiguous",
+        memory_format=memory_format_name(layout),
     )
 
 

@@ -48,6 +48,11 @@ def resolve_memory_format(memory_format: str, device: torch.device) -> torch.mem
     return torch.channels_last_3d if memory_format == "channels_last" else torch.contiguous_format
 
 
+def memory_format_name(memory_format: torch.memory_format) -> str:
+    """``"channels_last"`` or ``"contiguous"``: how results and metrics name a resolved layout."""
+    return "channels_last" if memory_format == torch.channels_last_3d else "contiguous"
+
+
 def in_memory_format(model: nn.Module, memory_format: torch.memory_format) -> nn.Module:
     """``model`` with its 5-D (convolution) weights laid out in ``memory_format``.
 
