@@ -25,9 +25,9 @@ network runs in bf16: its field is returned in fp32, and the loss, the warp of t
 and the optimiser state stay in fp32."""
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 """Layout of the network's activations and convolution weights. ``channels_last`` (``torch.channels_last_3d``)
-is what oneDNN's CPU convolutions run natively: on the 2-core EPYC of BENCHMARKS.md it makes the full-resolution
-forward pass 1.8× faster in bf16 and 1.6× in fp32. ``auto`` picks it on the CPU and keeps ``contiguous`` on
-CUDA, where it has not been measured yet."""
+is what oneDNN's CPU convolutions run natively: on the 2-core EPYC of BENCHMARKS.md it makes a full-resolution
+feed-forward registration 1.5× faster in bf16 and 1.7× in fp32 (bench_speed.py). ``auto`` picks it on the CPU
+and keeps ``contiguous`` on CUDA, where it has not been measured yet."""
 
 
 def padding_for(shape: tuple[int, ...], multiple: int = MULTIPLE) -> tuple[int, ...]:
