@@ -12,8 +12,11 @@ from typing import Optional
 
 import typer
 
+from .console import fail, user_errors
+
 from .evaluate.command import evaluate_command
 from .train.command import train_command
+from .defaults import DEFAULT_LAMBDA
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Deformable 3-D registration with Neural Instance Optimization (NIO) on LapIRN networks.")
@@ -21,34 +24,24 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 METHOD_HELP = "ff (feed-forward), io (Adam on the field), nio (Adam on the weights), nio_m (multi-resolution NIO)"
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"nioreg: error: {message}", err=True)
-    raise typer.Exit(2)
-
 
 def _parse_iterations(text: Optional[str], preset: Optional[str]) -> Optional[list[int]]:
     from .methods import PRESET_ITERATIONS
 
     if text is not None and preset is not None:
-        _fail("give either --iters or --preset, not both")
+        fail("give either --iters or --preset, not both")
     if preset is not None:
         if preset not in PRESET_ITERATIONS:
-            _fail(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_ITERATIONS)}")
+            fail(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_ITERATIONS)}")
         return PRESET_ITERATIONS[preset]
     if text is None:
         return None
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        _fail(f"--iters takes integers separated by commas (e.g. 100,60,30), got {text!r}")
+        fail(f"--iters takes integers separated by commas (e.g. 100,60,30), got {text!r}")
     return None
 
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .io import InputError
-    from .models import ModelFileError
-
-    return (InputError, ModelFileError, ValueError, FileNotFoundError)
 
 
 @app.command()
@@ -64,7 +57,7 @@ def register(
     iters: Optional[str] = typer.Option(None, "--iters", help="Iterations: one number (io, nio) or three (nio_m), e.g. 100,60,30."),
     preset: Optional[str] = typer.Option(None, "--preset", help="nio_m iteration preset: brain [100,60,30] or lung [100,60,60]."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam step size (default 1e-4 for nio/nio_m, 0.1 voxel for io)."),
-    lam: float = typer.Option(0.4, "--lambda", help="Regularisation weight λ in [0, 1] of (1-λ)·LNCC + λ·diffusion."),
+    lam: float = typer.Option(DEFAULT_LAMBDA, "--lambda", help="Regularisation weight λ in [0, 1] of (1-λ)·LNCC + λ·diffusion."),
     variant: Optional[str] = typer.Option(None, "--variant", help="For official .pth checkpoints: disp, diff or clapirn-lite."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     precision: str = typer.Option("fp32", "--precision", help="Network arithmetic: fp32, or bf16 (autocast; faster on GPUs and on CPUs with AVX-512 BF16; loss and optimiser stay fp32)."),
@@ -84,8 +77,8 @@ def register(
             fixed_orientation=fixed_orientation, moving_orientation=moving_orientation, progress=not quiet,
             seed=seed, precision=precision,
         )
-    except _user_errors() as error:
-        _fail(str(error))
+    except user_errors() as error:
+        fail(str(error))
         return
     line = f"{method}: {result.seconds:.2f} s, loss {result.feedforward_loss:.4f} (ff) -> {result.final_loss:.4f}"
     if "dice" in metrics:
@@ -109,8 +102,8 @@ def import_lapirn(
 
     try:
         path = import_official(checkpoint, variant, out, start_channel=start_channel)
-    except _user_errors() as error:
-        _fail(str(error))
+    except user_errors() as error:
+        fail(str(error))
         return
     typer.echo(f"wrote {path}")
 
@@ -126,8 +119,8 @@ def demo(
 
     try:
         run_demo(out, device=device, quick=quick)
-    except _user_errors() as error:
-        _fail(str(error))
+    except user_errors() as error:
+        fail(str(error))
 
 
 # Commands defined beside their subsystems (they import only typer at load time, so --help stays fast).

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from .data import make_brain_phantom, make_pair, random_smooth_displacement, warp_numpy
-from .evaluate import jacobian_statistics, mean_dice
+from .measures import jacobian_statistics, mean_dice
 from .methods import register
 from .io import Volume
 from .io.preprocess import Preprocessing
 from .models import DEFAULT_MODEL, DEMO_MODEL, LapIRN, build_model, load_model, save_model, shipped_model_path
 from .pipeline import register_volumes
+from .defaults import DEFAULT_LAMBDA
 
 DEMO_USES = DEFAULT_MODEL
 """The shipped model the demo runs: the LPBA40-trained default model (see README for why)."""
@@ -146,7 +147,7 @@ def train_demo_model(out: str | Path, iterations=(300, 300, 400), start_channel:
         "description": "nioreg demo model: LapIRN (disp), trained on synthetic brain phantoms only",
         "training_data": f"nioreg.data.make_brain_phantom seeds {seed}..{seed + 23}, shape {DEMO_SHAPE}, "
                          f"moving phantoms warped by random smooth fields (max {TRAIN_MAX_DISPLACEMENT} voxels)",
-        "iterations_per_level": list(iterations), "lr": 1e-4, "lambda": 0.4, "seed": seed,
+        "iterations_per_level": list(iterations), "lr": 1e-4, "lambda": DEFAULT_LAMBDA, "seed": seed,
         "training_seconds": history.seconds, "hardware": f"CPU, {torch.get_num_threads()} threads",
         "torch": torch.__version__, **validation,
         "preprocessing": {"intensity": "min-max to [0, 1]", "shape": list(DEMO_SHAPE), "spacing_mm": 1.0},

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .methods import PRESET_ITERATIONS, Pair, RegistrationResult, register, resolve_device, scale_to_unit
 from .spatial import as_batched, identity_grid, sample
+from .defaults import DEFAULT_LAMBDA
 
 __all__ = [
     "CT_WINDOW",
@@ -327,7 +328,7 @@ def register_with_affine_augmentation(
         base.log.event(method, -1, "affine augmentation", f"run {run}: loss {result.final_loss:.5f} "
                                                           "(augmented frame)")
     average = total / (augmentations + 1)
-    pair = Pair(scale_to_unit(f), scale_to_unit(m), lam=register_kwargs.get("lam", 0.4), mask=k)
+    pair = Pair(scale_to_unit(f), scale_to_unit(m), lam=register_kwargs.get("lam", DEFAULT_LAMBDA), mask=k)
     return RegistrationResult(
         displacement=average.detach(), method=method, iterations=base.iterations, lr=base.lr, lam=base.lam,
         seconds=time.perf_counter() - started, feedforward_seconds=base.feedforward_seconds,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .evaluate import dice_per_label, jacobian_statistics
+from .measures import dice_per_label, jacobian_statistics
 from .io import (
     InputError,
     Volume,
@@ -44,6 +44,7 @@ from .io.preprocess import Preprocessing
 from .methods import MIN_SIZE, RegistrationResult, Safeguards, register
 from .models import default_model_path, load_model
 from .spatial import regrid_displacement
+from .defaults import DEFAULT_LAMBDA
 
 OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
@@ -196,7 +197,7 @@ def register_files(
     variant: str | None = None,
     iterations: Sequence[int] | None = None,
     lr: float | None = None,
-    lam: float = 0.4,
+    lam: float = DEFAULT_LAMBDA,
     device: str | None = None,
     fixed_orientation: str | None = None,
     moving_orientation: str | None = None,

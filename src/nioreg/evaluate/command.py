@@ -18,12 +18,11 @@ from typing import List, Optional
 
 import typer
 
+from ..console import fail, user_errors
+from ..defaults import DEFAULT_LAMBDA
+
 DEFAULT_METHODS = ["ff", "io:50", "io:200", "nio:50", "nio_m:100,60,30"]
 
-
-def _fail(message: str) -> None:
-    typer.echo(f"nioreg: error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _split_list(text: Optional[str]) -> Optional[list[str]]:
@@ -52,7 +51,7 @@ def _dispatch_dirlab(options: dict) -> None:
     except ImportError as error:
         if "dirlab" not in str(error):
             raise
-        _fail("--protocol dirlab needs nioreg.evaluate.dirlab.evaluate_dirlab, which this installation does not "
+        fail("--protocol dirlab needs nioreg.evaluate.dirlab.evaluate_dirlab, which this installation does not "
               "have yet")
         return
     parameters = inspect.signature(evaluate_dirlab).parameters
@@ -65,7 +64,7 @@ def _dispatch_dirlab(options: dict) -> None:
         kwargs.setdefault("echo", typer.echo)
     missing = sorted(required - set(kwargs))
     if missing:
-        _fail(f"--protocol dirlab: evaluate_dirlab needs {missing}, which nioreg evaluate cannot provide")
+        fail(f"--protocol dirlab: evaluate_dirlab needs {missing}, which nioreg evaluate cannot provide")
     evaluate_dirlab(**kwargs)
 
 
@@ -84,7 +83,7 @@ def evaluate_command(
     split: Optional[str] = typer.Option(None, "--split", help="Only records of this split (manifest column 'split')."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Structures to evaluate (label values, comma separated); default: all."),
     orientation: Optional[str] = typer.Option(None, "--orientation", help="Override every image's header orientation, e.g. RAS."),
-    lam: float = typer.Option(0.4, "--lambda", help="Default regularisation weight λ of the learned methods."),
+    lam: float = typer.Option(DEFAULT_LAMBDA, "--lambda", help="Default regularisation weight λ of the learned methods."),
     protocol: str = typer.Option("brain", "--protocol", help="brain (atlas registration, Dice) or dirlab (lung 4DCT, TRE)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Compute only shard i of N (i/N) of the (atlas, subject) pairs."),
     merge_only: bool = typer.Option(False, "--merge-only", help="Only merge the finished cases of OUT into the report."),
@@ -104,14 +103,12 @@ def evaluate_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Evaluate methods on brain atlas registration: Dice, DSC30, std|J|, folding, time, Wilcoxon, report."""
-    from ..io import InputError
-    from ..models import ModelFileError
     from .specs import SpecError
 
-    user_errors = (InputError, ModelFileError, SpecError, ValueError, FileNotFoundError)
+    errors = user_errors() + (SpecError,)
     protocol = protocol.lower()
     if protocol not in ("brain", "dirlab"):
-        _fail(f"--protocol must be brain or dirlab, got {protocol!r}")
+        fail(f"--protocol must be brain or dirlab, got {protocol!r}")
     if protocol == "dirlab":
         try:
             _dispatch_dirlab({"dataset": dataset, "out": out, "model": model, "variant": variant,
@@ -122,8 +119,8 @@ def evaluate_command(
                               "skip_unavailable": skip_unavailable, "workdir": workdir, "progress": not quiet,
                               "smoothing": smoothing, "augment": augment,
                               "mask": None if roi.lower() == "none" else roi})
-        except user_errors as error:
-            _fail(str(error))
+        except errors as error:
+            fail(str(error))
         return
     try:
         run_brain(dataset=dataset, atlas=list(atlas), model=model, variant=variant, methods=list(method),
@@ -132,18 +129,18 @@ def evaluate_command(
                   merge_only=merge_only, no_merge=no_merge, max_cases=max_cases, figure_case=figure_case,
                   device=device, threads=threads, seed=seed, skip_unavailable=skip_unavailable,
                   workdir=workdir, progress=not quiet, echo=typer.echo)
-    except user_errors as error:
-        _fail(str(error))
+    except errors as error:
+        fail(str(error))
     except Exception as error:
         from ..baselines import BaselineUnavailable
 
         if isinstance(error, BaselineUnavailable):
-            _fail(str(error))
+            fail(str(error))
         raise
 
 
 def run_brain(*, dataset, atlas, model, variant, methods, out, reference="nio_m", subjects=None, split=None,
-              labels=None, orientation=None, lam=0.4, shard=None, merge_only=False, no_merge=False, max_cases=None,
+              labels=None, orientation=None, lam=DEFAULT_LAMBDA, shard=None, merge_only=False, no_merge=False, max_cases=None,
               figure_case=None, device=None, threads=None, seed=0, skip_unavailable=False, workdir=None,
               progress=True, echo=print) -> dict | None:
     """The brain protocol (the Python twin of ``nioreg evaluate``); returns the merged run dict or None."""

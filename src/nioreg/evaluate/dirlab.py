@@ -42,7 +42,8 @@ from ..io.dirlab import (
 )
 from ..io.write import atomic_write
 from ..spatial import transform_points
-from .metrics import jacobian_statistics
+from ..measures import TRE_THRESHOLD_MM, jacobian_statistics, target_registration_error, tre_statistics
+from ..defaults import DEFAULT_LAMBDA
 
 __all__ = [
     "target_registration_error",
@@ -53,57 +54,6 @@ __all__ = [
     "DEFAULT_METHODS",
     "TRE_THRESHOLD_MM",
 ]
-
-TRE_THRESHOLD_MM = 1.2
-"""The paper reports the fraction of landmark pairs with an error below 1.2 mm."""
-
-
-def target_registration_error(
-    fixed_points: np.ndarray,
-    moving_points: np.ndarray,
-    displacement: np.ndarray | torch.Tensor | None = None,
-    *,
-    spacing: Sequence[float] | None = None,
-    affine: np.ndarray | None = None,
-) -> np.ndarray:
-    """Per-landmark TRE: ``|| L (p + u(p) - q) ||`` for fixed points ``p`` and moving points ``q``.
-
-    ``fixed_points`` and ``moving_points`` are (N, 3) voxel coordinates (0-based, array axes) of the grid
-    on which ``displacement`` (nioreg convention, (1, 3, D, H, W) or (3, D, H, W), voxels, pull) lives;
-    ``None`` is the identity. ``L`` is ``diag(spacing)`` or the linear part of ``affine`` (mm); with
-    neither the result is in voxels.
-    """
-    p = np.asarray(fixed_points, dtype=np.float64).reshape(-1, 3)
-    q = np.asarray(moving_points, dtype=np.float64).reshape(-1, 3)
-    if p.shape != q.shape:
-        raise ValueError(f"fixed and moving landmarks differ in number: {p.shape} vs {q.shape}")
-    mapped = p
-    if displacement is not None:
-        disp = torch.as_tensor(displacement)
-        if not disp.is_floating_point():
-            disp = disp.float()
-        # sample u(p) in the field's own precision (no float64 copy of a large field), add in float64
-        pts = torch.as_tensor(p, dtype=disp.dtype, device=disp.device)
-        u = (transform_points(pts, disp) - pts).detach().cpu().numpy().astype(np.float64)
-        mapped = p + u
-    if affine is not None:
-        linear = np.asarray(affine, dtype=np.float64)[:3, :3]
-    elif spacing is not None:
-        linear = np.diag(np.asarray(spacing, dtype=np.float64))
-    else:
-        linear = np.eye(3)
-    return np.linalg.norm((mapped - q) @ linear.T, axis=1)
-
-
-def tre_statistics(errors: np.ndarray, threshold: float = TRE_THRESHOLD_MM) -> dict[str, float]:
-    """Mean, std (population, as the DIR-Lab tables), median, 95th percentile, max and fraction < threshold."""
-    e = np.asarray(errors, dtype=np.float64).ravel()
-    if e.size == 0:
-        return {"n": 0, "mean": math.nan, "std": math.nan, "median": math.nan, "p95": math.nan, "max": math.nan,
-                "fraction_below": math.nan, "threshold_mm": threshold}
-    return {"n": int(e.size), "mean": float(e.mean()), "std": float(e.std()), "median": float(np.median(e)),
-            "p95": float(np.percentile(e, 95)), "max": float(e.max()),
-            "fraction_below": float((e < threshold).mean()), "threshold_mm": threshold}
 
 
 def method_label(spec: str) -> str:
@@ -314,7 +264,7 @@ def evaluate_dirlab(
     subjects: Sequence[str | int] | None = None,
     landmarks: str | os.PathLike | None = None,
     geometry: DirLabGeometry | Mapping[int, DirLabGeometry] | None = None,
-    lam: float = 0.4,
+    lam: float = DEFAULT_LAMBDA,
     smoothing: str | Callable | None = None,
     augment: int = 0,
     mask: str | None = "auto",

@@ -29,8 +29,9 @@ import torch
 from ..io import InputError, Record, read_dataset, write_json_atomic
 from ..io.dataset import stem
 from ..io.write import atomic_write
-from .metrics import dice_per_label, jacobian_statistics
+from ..measures import dice_per_label, jacobian_statistics
 from .specs import MethodSpec, parse_method_spec
+from ..defaults import DEFAULT_LAMBDA
 
 PLAN_NAME = "plan.json"
 CASES_DIR = "cases"
@@ -54,7 +55,7 @@ class Plan:
     variant: str | None = None
     labels: list[int] | None = None
     orientation: str | None = None
-    lam: float = 0.4
+    lam: float = DEFAULT_LAMBDA
     seed: int = 0
     protocol: str = "brain"
     extra: dict = field(default_factory=dict)
@@ -93,7 +94,7 @@ class Plan:
                 object.__setattr__(spec, "label", stored["label"])
         return cls(dataset=d["dataset"], atlases=d["atlases"], subjects=d["subjects"], methods=methods,
                    reference=d.get("reference"), model=d.get("model"), variant=d.get("variant"),
-                   labels=d.get("labels"), orientation=d.get("orientation"), lam=d.get("lambda", 0.4),
+                   labels=d.get("labels"), orientation=d.get("orientation"), lam=d.get("lambda", DEFAULT_LAMBDA),
                    seed=d.get("seed", 0), protocol=d.get("protocol", "brain"), extra=d.get("extra", {}))
 
 

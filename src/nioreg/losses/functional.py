@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ._lncc_kernel import FixedStats, LNCCFunction, fixed_stats
+from ..defaults import DEFAULT_LAMBDA
 
 __all__ = ["PreparedFixed", "prepare_fixed", "lncc", "diffusion", "registration_loss", "REGULARISER_SCALE"]
 
@@ -267,7 +268,7 @@ def registration_loss(
     fixed: Tensor | PreparedFixed,
     warped: Tensor,
     disp: Tensor,
-    lam: float = 0.4,
+    lam: float = DEFAULT_LAMBDA,
     window: int = 7,
     mask: Tensor | None = None,
     eps: float = 1e-5,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .functional import PreparedFixed, _check_eps, _check_lam, diffusion, lncc, prepare_fixed, registration_loss
+from ..defaults import DEFAULT_LAMBDA
 
 __all__ = ["LNCC", "Diffusion", "RegistrationLoss"]
 
@@ -62,7 +63,7 @@ class Diffusion(nn.Module):
 class RegistrationLoss(nn.Module):
     """``(1 − λ)·LNCC + λ·diffusion``; ``forward`` returns ``(total, sim, reg)``. ``prepare`` as in :class:`LNCC`."""
 
-    def __init__(self, lam: float = 0.4, window: int = 7, eps: float = 1e-5) -> None:
+    def __init__(self, lam: float = DEFAULT_LAMBDA, window: int = 7, eps: float = 1e-5) -> None:
         super().__init__()
         self.lam = _check_lam("RegistrationLoss", lam)
         self.similarity = LNCC(window=window, eps=eps)

@@ -17,6 +17,7 @@ from .loop import OptimisationLog, Safeguards
 from .network import in_memory_format, memory_format_name, resolve_memory_format
 from .neural import multiresolution_nio, neural_instance_optimisation
 from .pair import Pair
+from ..defaults import DEFAULT_LAMBDA
 
 METHODS = ("ff", "io", "nio", "nio_m")
 MIN_SIZE = 16
@@ -121,7 +122,7 @@ def register(
     *,
     iterations: Sequence[int] | int | None = None,
     lr: float | None = None,
-    lam: float = 0.4,
+    lam: float = DEFAULT_LAMBDA,
     mask: np.ndarray | Tensor | None = None,
     device: str | torch.device | None = None,
     safeguards: Safeguards | None = None,

@@ -12,6 +12,7 @@ from ..losses import PreparedFixed, prepare_fixed, registration_loss
 from ..spatial import warp
 from .loop import OptimisationLog, Safeguards
 from .network import PairNetwork
+from ..defaults import DEFAULT_LAMBDA
 
 
 @dataclass
@@ -20,7 +21,7 @@ class Pair:
 
     fixed: Tensor
     moving: Tensor
-    lam: float = 0.4
+    lam: float = DEFAULT_LAMBDA
     mask: Tensor | None = None
     log: OptimisationLog = field(default_factory=OptimisationLog)
     safeguards: Safeguards = field(default_factory=Safeguards)

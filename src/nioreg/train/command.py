@@ -12,6 +12,9 @@ from typing import Any, Optional
 
 import typer
 
+from ..console import fail, user_errors
+from ..defaults import DEFAULT_LAMBDA
+
 __all__ = ["train_command", "CT_WINDOW_NAMES"]
 
 CT_WINDOW_NAMES = ("lung", "mediastinum", "soft-tissue", "abdomen", "bone", "brain")
@@ -33,10 +36,6 @@ def _numbers(text: Optional[str], name: str, kind=float, count: tuple[int, ...] 
     return values
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"nioreg: error: {message}", err=True)
-    raise typer.Exit(2)
-
 
 def train_command(
     data: Path = typer.Option(..., "--data", help="Training data: a folder (FOLDER/images, FOLDER/labels) or a CSV/JSON manifest (columns image, labels, mask, landmarks, subject, group, split)."),
@@ -53,7 +52,7 @@ def train_command(
     start_channel: int = typer.Option(7, "--start-channel", help="Network width (official: 7)."),
     iterations: str = typer.Option("30000,30000,90000", "--iterations", help="Steps of levels 1, 2, 3 (the paper: 150,000 in all)."),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate."),
-    lam: float = typer.Option(0.4, "--lambda", help="λ of (1-λ)·LNCC + λ·diffusion (conditional: the λ used for validation)."),
+    lam: float = typer.Option(DEFAULT_LAMBDA, "--lambda", help="λ of (1-λ)·LNCC + λ·diffusion (conditional: the λ used for validation)."),
     lambda_range: str = typer.Option("0,1", "--lambda-range", help="Conditional LapIRN: λ is drawn uniformly from this range."),
     freeze_steps: int = typer.Option(2000, "--freeze-steps", help="Steps at the start of levels 2 and 3 during which the lower levels stay frozen (official LapIRN: 2000)."),
     window: int = typer.Option(7, "--window", help="LNCC window (odd); clamped at coarse levels to fit the image."),
@@ -109,8 +108,8 @@ def train_command(
             use_masks=use_masks, resume=resume, stop_after=stop_after, device=device, tensorboard=tensorboard,
             progress=not quiet)
         summary = run_training(opts)
-    except (InputError, ModelFileError, ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+    except user_errors() as error:
+        fail(str(error))
         return
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary.get("best")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..evaluate import mean_dice
+from ..measures import mean_dice
 from ..io import InputError, Record
 from ..io.preprocess import Preprocessing
 from ..methods import MIN_SIZE
@@ -27,6 +27,7 @@ from ..methods.network import PairNetwork
 from ..models import LapIRN
 from ..spatial import warp_labels
 from .trainer import pad_to_multiple
+from ..defaults import DEFAULT_LAMBDA
 
 __all__ = ["Sample", "load_samples", "PairPool", "ValidationSet", "expand_subjects", "split_records"]
 
@@ -209,7 +210,7 @@ class ValidationSet:
     field of the level, voxel units) and the moving labels are warped with nearest neighbour.
     """
 
-    def __init__(self, pairs: Sequence[tuple[Sample, Sample]], lam: float = 0.4, device: str | torch.device = "cpu") -> None:
+    def __init__(self, pairs: Sequence[tuple[Sample, Sample]], lam: float = DEFAULT_LAMBDA, device: str | torch.device = "cpu") -> None:
         self.pairs = [(f, m) for f, m in pairs if f.labels is not None and m.labels is not None]
         self.lam = lam
         self.device = torch.device(device)
@@ -222,7 +223,7 @@ class ValidationSet:
 
     @classmethod
     def build(cls, val: Sequence[Sample], *, atlas: Sample | None = None, within_group: bool = False,
-              max_pairs: int = 6, lam: float = 0.4, device: str | torch.device = "cpu") -> "ValidationSet":
+              max_pairs: int = 6, lam: float = DEFAULT_LAMBDA, device: str | torch.device = "cpu") -> "ValidationSet":
         with_labels = [s for s in val if s.labels is not None]
         if atlas is not None:
             pairs = [(atlas, s) for s in with_labels if s.path != atlas.path]

@@ -47,6 +47,7 @@ from ..losses import registration_loss
 from ..models import LapIRN, official_to_voxel
 from ..models import _official_ops as network_ops
 from ..spatial import warp
+from ..defaults import DEFAULT_LAMBDA
 
 PairSampler = Callable[[np.random.Generator], tuple]
 """Returns ``(fixed, moving)`` or ``(fixed, moving, fixed_mask)``: (1, 1, D, H, W) tensors, images in [0, 1],
@@ -65,7 +66,7 @@ class TrainConfig:
 
     iterations: Sequence[int] = (1000, 1000, 1000)
     lr: float = 1e-4
-    lam: float = 0.4
+    lam: float = DEFAULT_LAMBDA
     lambda_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
     log_every: int = 50

@@ -1,0 +1,25 @@
+"""What every ``nioreg`` command shares: one-line errors with exit status 2, and the errors that are the user's.
+
+Errors about the user's inputs (files, models, options) are printed as one line naming the problem; they
+never show a stack trace. Imports only typer at load time, so ``nioreg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``nioreg: error: MESSAGE`` on stderr and exit with status 2."""
+    typer.echo(f"nioreg: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that describe a problem with the user's inputs (reported by :func:`fail`)."""
+    from .io import InputError
+    from .models import ModelFileError
+
+    return (InputError, ModelFileError, ValueError, FileNotFoundError)
