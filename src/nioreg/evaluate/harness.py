@@ -279,11 +279,13 @@ def run_method(spec: MethodSpec, pair: PairData, *, model=None, plan: Plan, devi
 
         if model is None:
             raise InputError(f"method {spec.text!r} needs a model (--model)")
-        result, view = register_volumes(model, pair.fixed, pair.moving, spec.name,
-                                        iterations=None if spec.iterations is None else list(spec.iterations),
-                                        lr=options.get("lr"), lam=float(options.get("lambda", plan.lam)),
-                                        device=device, seed=int(options.get("seed", plan.seed)),
-                                        precision=str(options.get("precision", "fp32")))
+        from ..methods import RegistrationOptions
+
+        settings = RegistrationOptions(method=spec.name, iterations=spec.iterations, lr=options.get("lr"),
+                                       lam=float(options.get("lambda", plan.lam)), device=device,
+                                       seed=int(options.get("seed", plan.seed)),
+                                       precision=str(options.get("precision", "fp32")))
+        result, view = register_volumes(model, pair.fixed, pair.moving, settings)
         summary = result.summary()
         details = {k: summary[k] for k in ("iterations", "lr", "lambda", "device", "precision", "seconds_feedforward",
                                            "seconds_per_stage", "loss_feedforward", "loss_final",

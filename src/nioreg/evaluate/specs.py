@@ -67,9 +67,9 @@ class MethodSpec:
         base = DISPLAY[self.name]
         extra = []
         if self.name in ("io", "nio", "nio_m"):
-            from ..methods import DEFAULT_ITERATIONS
+            from ..methods.registry import get_method
 
-            iters = list(self.iterations) if self.iterations is not None else DEFAULT_ITERATIONS[self.name]
+            iters = list(self.iterations) if self.iterations is not None else get_method(self.name).iterations_for()
             extra.append(f"η={iters[0]}" if len(iters) == 1 else f"η={iters}")
         extra += [f"{k}={v}" for k, v in self.options]
         return f"{base} ({', '.join(extra)})" if extra else base
