@@ -4,6 +4,7 @@ Arrays stay in the file's (nibabel) axis order; affines map voxel indices to RAS
 converted from/to nioreg's voxel-unit pull convention here (see docs/conventions.md).
 """
 
+from .ct_windows import CT_WINDOWS, LUNG_RECIPE_WINDOW, CTWindow
 from .displacement import (
     load_itk_displacement,
     load_l2r_displacement,
@@ -17,7 +18,10 @@ from .volume import Volume, load_image, load_labels, orientation_matrix, overrid
 from .write import check_not_input, save_nifti, write_json_atomic
 
 __all__ = [
+    "CT_WINDOWS",
+    "CTWindow",
     "InputError",
+    "LUNG_RECIPE_WINDOW",
     "Record",
     "read_dataset",
     "select",
