@@ -118,7 +118,7 @@ def _voxels(world: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def _prepare(data: DirLabCase, *, mask: str | None, crop_margin_mm: float | None, hu_offset: float | str,
              min_size: int) -> dict:
     """HU images on the (cropped) fixed grid, the ROI mask, and the landmarks for TRE."""
-    from ..lung import lung_mask, to_hu
+    from ..chest import lung_mask, to_hu
 
     fixed, moving = data.fixed, data.moving
     for phase in ("T00", "T50"):
@@ -217,7 +217,7 @@ def _parse_spec(spec: str) -> tuple[str, str, list[int], dict]:
 
     The same spelling as ``nioreg evaluate``'s brain protocol, restricted to the learned methods.
     """
-    from ..lung import parse_method_spec
+    from ..chest import parse_method_spec
 
     text = str(spec).strip()
     label = None
@@ -306,7 +306,7 @@ def evaluate_dirlab(
     Returns:
         ``{"cases": {N: {column: stats}}, "pooled": {column: stats}, "table": str, "columns": [...]}``.
     """
-    from ..lung import register_lung
+    from ..chest import register_lung
     from ..methods import MIN_SIZE
     from ..models import load_model
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from ..console import fail, user_errors
+from ..io.ct_windows import CT_WINDOWS
 from ..defaults import DEFAULT_LAMBDA
 
 if TYPE_CHECKING:  # imported when the command runs (keeps `nioreg --help` fast)
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # imported when the command runs (keeps `nioreg --help` fast)
 
 __all__ = ["train_command", "CT_WINDOW_NAMES"]
 
-CT_WINDOW_NAMES = ("lung", "mediastinum", "soft-tissue", "abdomen", "bone", "brain")
+CT_WINDOW_NAMES = tuple(CT_WINDOWS)
 """The CT window presets of :data:`nioreg.io.preprocess.CT_WINDOWS` (listed here to keep imports light)."""
 
 
