@@ -217,7 +217,8 @@ def _parse_spec(spec: str) -> tuple[str, str, list[int], dict]:
 
     The same spelling as ``nioreg evaluate``'s brain protocol, restricted to the learned methods.
     """
-    from ..chest import parse_method_spec
+    from ..chest import LUNG_PRESET
+    from .specs import parse_method_spec
 
     text = str(spec).strip()
     label = None
@@ -226,7 +227,12 @@ def _parse_spec(spec: str) -> tuple[str, str, list[int], dict]:
     core, *opts = text.split("@")
     if core.strip().lower().split(":")[0] in ("syn", "niftyreg"):
         raise ValueError(f"method {spec!r}: baselines are not part of the dirlab protocol (learned methods only)")
-    method, iterations = parse_method_spec(core)
+    parsed_core = parse_method_spec(core)
+    method = parsed_core.name
+    from ..methods.registry import get_method
+
+    iterations = (list(parsed_core.iterations) if parsed_core.iterations is not None
+                  else get_method(method).iterations_for(LUNG_PRESET))
     options: dict[str, Any] = {}
     casts = {"lr": float, "lambda": float, "seed": int}
     for opt in opts:
@@ -307,6 +313,7 @@ def evaluate_dirlab(
         ``{"cases": {N: {column: stats}}, "pooled": {column: stats}, "table": str, "columns": [...]}``.
     """
     from ..chest import register_lung
+    from ..methods import RegistrationOptions
     from ..methods import MIN_SIZE
     from ..models import load_model
 
@@ -386,11 +393,11 @@ def evaluate_dirlab(
                     net = nets[key]
                     _, method, iterations, options = parsed[spec]
                     started = time.perf_counter()
-                    result = register_lung(prepared["fixed_hu"], prepared["moving_hu"], net, method,
-                                           iterations=iterations, mask=prepared["mask"], smoothing=smoothing,
-                                           augment=augment, spacing=grid.spacing, lam=options.get("lambda", lam),
-                                           lr=options.get("lr"), device=device, seed=options.get("seed", seed),
-                                           progress=progress)
+                    settings = RegistrationOptions(method=method, iterations=iterations, smoothing=smoothing,
+                                                   lam=options.get("lambda", lam), lr=options.get("lr"), device=device,
+                                                   seed=options.get("seed", seed))
+                    result = register_lung(prepared["fixed_hu"], prepared["moving_hu"], net, settings,
+                                           mask=prepared["mask"], augment=augment, spacing=grid.spacing)
                     e = target_registration_error(prepared["fixed_points"], prepared["moving_points"],
                                                   result.displacement, affine=grid.affine)
                     record.update({"seconds": time.perf_counter() - started, **result.summary(),
