@@ -92,6 +92,8 @@ def register(
         line += f", DSC {metrics['dice']['mean_before']:.3f} -> {metrics['dice']['mean']:.3f}"
     line += f", std|J| {metrics['jacobian_std']:.3f}"
     typer.echo(line)
+    for warning in metrics.get("warnings", []):
+        typer.echo(f"nioreg: warning: {warning}", err=True)
     for event in result.log.events:
         typer.echo(f"  note: {event['stage']} it {event['iteration']}: {event['event']}: {event['detail']}")
     typer.echo(f"wrote {out}")
