@@ -377,3 +377,13 @@ def test_the_python_entry_point_gives_the_command_lines_result(tmp_path):
     # bare arrays cannot get the model's recorded voxel size: one clear error instead of another result
     with pytest.raises(ValueError, match="register_images"):
         nioreg.register(fixed.image, moving.image, nioreg.load_model("lapirn-lpba40-3mm"), "ff")
+
+
+def test_version_short_help_and_plain_flags():
+    from nioreg import __version__
+
+    assert run("--version").output.strip() == f"nioreg {__version__}"
+    for command in ([], ["register"], ["evaluate"], ["train"], ["models"]):
+        result = run(*command, "-h")
+        assert result.exit_code == 0 and "Usage:" in result.output, command
+        assert "<bool>" not in result.output, command  # a flag is shown as a flag
