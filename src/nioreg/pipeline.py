@@ -16,12 +16,14 @@ output may overwrite an input.
 from __future__ import annotations
 
 import platform
+import time
+from contextlib import contextmanager
 import shlex
 import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -295,14 +297,20 @@ def register_files(
     given = [p for p in (fixed, moving, fixed_labels, moving_labels, mask, model) if p is not None]
     for name in OUTPUT_NAMES.values():
         check_not_input(folder.path / name, given)
+    times: dict[str, float] = {}
     with folder:
-        inputs = load_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
-                             fixed_orientation=fixed_orientation, moving_orientation=moving_orientation)
-        net = load_model(model, variant=variant)
-        result, view = register_volumes(
-            net, inputs.fixed, inputs.moving, options, mask=inputs.mask, fixed_name=f"fixed image '{fixed}'",
-            moving_name=f"moving image '{moving}'", safeguards=safeguards, progress=progress)
-        warped_labels = None if inputs.moving_labels is None else result.warp_labels(inputs.moving_labels.array)
+        with _timed(times, "read_inputs"):
+            inputs = load_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
+                                 fixed_orientation=fixed_orientation, moving_orientation=moving_orientation)
+        with _timed(times, "load_model"):
+            net = load_model(model, variant=variant)
+        with _timed(times, "register"):
+            result, view = register_volumes(
+                net, inputs.fixed, inputs.moving, options, mask=inputs.mask, fixed_name=f"fixed image '{fixed}'",
+                moving_name=f"moving image '{moving}'", safeguards=safeguards, progress=progress)
+        with _timed(times, "measures"):
+            warped_labels = None if inputs.moving_labels is None else result.warp_labels(inputs.moving_labels.array)
+            measures = {**jacobian_statistics(result.jacobian_determinant()), **_label_overlap(inputs, warped_labels)}
         metrics = {
             "inputs": {"fixed": str(fixed), "moving": str(moving), "fixed_labels": _str(fixed_labels),
                        "moving_labels": _str(moving_labels), "mask": _str(mask),
@@ -316,14 +324,22 @@ def register_files(
             "registration_grid": {"shape": list(view.fixed.shape),
                                   "spacing_mm": [float(v) for v in view.fixed.spacing]},
             **result.summary(),
-            **jacobian_statistics(result.jacobian_determinant()),
-            **_label_overlap(inputs, warped_labels),
+            **measures,
             "conventions": "displacement_l2r: voxels, channel k along array axis k, pull; "
                            "displacement_itk: LPS mm, ITK DisplacementFieldTransform (fixed point -> moving point)",
             "provenance": provenance(result.device, options.seed),
+            "seconds_by_step": times,
         }
         metrics["outputs"] = _write_outputs(folder, result, inputs, warped_labels, metrics)
     return result, metrics
+
+
+@contextmanager
+def _timed(times: dict[str, float], step: str) -> Iterator[None]:
+    """Record the wall time of ``step`` in ``times`` (seconds): where a run's time goes, in metrics.json."""
+    started = time.perf_counter()
+    yield
+    times[step] = round(time.perf_counter() - started, 3)
 
 
 def _label_overlap(inputs: RegistrationInputs, warped_labels: np.ndarray | None) -> dict:
@@ -351,11 +367,12 @@ def _write_outputs(folder: OutputFolder, result: RegistrationResult, inputs: Reg
     affine = inputs.output_affine
     grid = Volume(inputs.fixed.array, affine)
     disp = result.displacement[0].cpu().numpy()
-    save_nifti(folder.stage(OUTPUT_NAMES["warped"]), result.warp(inputs.moving.array).astype(np.float32), affine)
-    if warped_labels is not None:
-        save_nifti(folder.stage(OUTPUT_NAMES["warped_labels"]), warped_labels, affine)
-    save_itk_displacement(folder.stage(OUTPUT_NAMES["itk"]), disp, grid, target_affine=inputs.field_target_affine)
-    save_l2r_displacement(folder.stage(OUTPUT_NAMES["l2r"]), disp, grid)
+    with _timed(metrics["seconds_by_step"], "write_images_and_fields"):
+        save_nifti(folder.stage(OUTPUT_NAMES["warped"]), result.warp(inputs.moving.array).astype(np.float32), affine)
+        if warped_labels is not None:
+            save_nifti(folder.stage(OUTPUT_NAMES["warped_labels"]), warped_labels, affine)
+        save_itk_displacement(folder.stage(OUTPUT_NAMES["itk"]), disp, grid, target_affine=inputs.field_target_affine)
+        save_l2r_displacement(folder.stage(OUTPUT_NAMES["l2r"]), disp, grid)
     names = sorted(p.name for p in folder.stage(OUTPUT_NAMES["metrics"]).parent.iterdir()) + [OUTPUT_NAMES["metrics"]]
     write_json_atomic(folder.stage(OUTPUT_NAMES["metrics"]), {**metrics, "outputs": names})
     folder.commit()
