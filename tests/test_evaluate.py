@@ -4,7 +4,6 @@ import json
 import math
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from nioreg.evaluate import (
     wilcoxon_p,
 )
 from nioreg.evaluate import harness
+from nioreg.evaluate.protocols import brain
 from nioreg.evaluate.specs import SpecError, resolve_reference
 from nioreg.io import save_nifti
 from nioreg.models import build_model, save_model
@@ -181,7 +181,7 @@ def test_full_run_report_files(dataset, tmp_path):
 def test_resume_after_kill_recomputes_nothing(dataset, tmp_path, monkeypatch):
     out = tmp_path / "resume"
     calls = []
-    original = harness.run_method
+    original = brain.run_method
 
     def killed_after_four(spec, pair, **kw):
         if len(calls) == 4:
@@ -189,7 +189,7 @@ def test_resume_after_kill_recomputes_nothing(dataset, tmp_path, monkeypatch):
         calls.append((spec.label, pair.subject))
         return original(spec, pair, **kw)
 
-    monkeypatch.setattr(harness, "run_method", killed_after_four)
+    monkeypatch.setattr(brain, "run_method", killed_after_four)
     try:
         result = evaluate(dataset, out)
         assert result.exit_code != 0
@@ -200,7 +200,7 @@ def test_resume_after_kill_recomputes_nothing(dataset, tmp_path, monkeypatch):
     mtimes = {f: os.stat(out / "cases" / f).st_mtime_ns for f in first}
 
     calls.clear()
-    monkeypatch.setattr(harness, "run_method", lambda spec, pair, **kw: (calls.append((spec.label, pair.subject)),
+    monkeypatch.setattr(brain, "run_method", lambda spec, pair, **kw: (calls.append((spec.label, pair.subject)),
                                                                          original(spec, pair, **kw))[1])
     result = evaluate(dataset, out)
     assert result.exit_code == 0, result.output
@@ -237,7 +237,7 @@ def test_shards_merge_equal_full_run(dataset, tmp_path):
 
 def test_shard_assignment_and_errors():
     pairs = [("A", f"S{i}") for i in range(5)]
-    parts = [harness.shard_pairs(pairs, (i, 3)) for i in range(3)]
+    parts = [harness.shard_cases(pairs, (i, 3)) for i in range(3)]
     assert sorted(sum(parts, [])) == sorted(pairs) and all(parts)
     for bad in ["3/3", "x", "1/0", "-1/2"]:
         with pytest.raises(ValueError):
@@ -271,18 +271,3 @@ def test_missing_tool_message(dataset, tmp_path, monkeypatch, baseline):
     r = evaluate(dataset, tmp_path / "o2", "--skip-unavailable", methods=["ff", baseline])
     assert r.exit_code == 0, r.output
     assert f"skipping {baseline}" in r.output and not (tmp_path / "o2" / "cases" / baseline).exists()
-
-
-def test_protocol_dirlab_dispatch(dataset, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "nioreg.evaluate.dirlab", None)  # not written yet -> clear error
-    r = runner.invoke(app, ["evaluate", "x", "--protocol", "dirlab", "--out", str(tmp_path)])
-    assert r.exit_code == 2 and "nioreg.evaluate.dirlab" in r.output and "Traceback" not in r.output
-    seen = {}
-    fake = types.ModuleType("nioreg.evaluate.dirlab")
-    fake.evaluate_dirlab = lambda dataset, out, methods=None, device=None: seen.update(
-        dataset=dataset, out=out, methods=methods, device=device)
-    monkeypatch.setitem(sys.modules, "nioreg.evaluate.dirlab", fake)
-    r = runner.invoke(app, ["evaluate", "lungs.csv", "--protocol", "dirlab", "--out", str(tmp_path),
-                            "-m", "nio_m:100,60,60", "--device", "cpu"])
-    assert r.exit_code == 0, r.output
-    assert str(seen["dataset"]) == "lungs.csv" and seen["methods"] == ["nio_m:100,60,60"] and seen["device"] == "cpu"
