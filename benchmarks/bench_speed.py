@@ -60,6 +60,7 @@ def worker(config: dict) -> dict:
     """One configuration, in this process: returns the row."""
     from nioreg.evaluate import jacobian_statistics, mean_dice
     from nioreg.evaluate.specs import parse_method_spec
+    from nioreg.methods import RegistrationOptions
     from nioreg.pipeline import register_volumes
 
     torch.set_num_threads(config["threads"])
@@ -74,8 +75,9 @@ def worker(config: dict) -> dict:
     times, result = [], None
     for _ in range(config["repeats"] + config["warmup"]):
         started = time.perf_counter()
-        result, _ = register_volumes(model, fixed, moving, spec.name, iterations=iterations, device=device,
-                                     precision=config["precision"], memory_format=config["memory_format"])
+        options = RegistrationOptions(method=spec.name, iterations=iterations, device=str(device),
+                                      precision=config["precision"], memory_format=config["memory_format"])
+        result, _ = register_volumes(model, fixed, moving, options)
         times.append(time.perf_counter() - started)
     times = times[config["warmup"]:]
     labels = result.warp_labels(moving_labels)

@@ -33,9 +33,11 @@ from nioreg.evaluate import mean_dice
 from nioreg.io import load_image, load_labels
 from nioreg.io.preprocess import Preprocessing
 from nioreg.models import load_model, save_model, shipped_model_path, DEFAULT_MODEL
+from nioreg.methods import RegistrationOptions
 from nioreg.pipeline import register_volumes
 
 ROOT = Path(__file__).resolve().parents[1]
+CPU_FF = RegistrationOptions(method="ff", device="cpu")
 TRAIN_COMMAND = __doc__.split("The run (issue #4; CPU, so a reduced 3 mm model):")[1].split("then")[0]
 
 
@@ -64,9 +66,9 @@ def main() -> None:
     for fixed_id, moving_id in itertools.permutations(["S21", "S22", "S23"], 2):
         images = [load_image(args.data / f"images/{s}.nii.gz", orientation="RAS") for s in (fixed_id, moving_id)]
         labels = [load_labels(args.data / f"labels/{s}.nii.gz", orientation="RAS") for s in (fixed_id, moving_id)]
-        result, view = register_volumes(model, images[0], images[1], "ff", device="cpu")
+        result, view = register_volumes(model, images[0], images[1], CPU_FF)
         small = [prep.labels(lab, view.fixed) for lab in labels]
-        on_model_grid = register_volumes(model, view.fixed, view.moving, "ff", device="cpu")[0]
+        on_model_grid = register_volumes(model, view.fixed, view.moving, CPU_FF)[0]
         validation["pairs"].append(f"{moving_id}->{fixed_id}")
         validation["initial"].append(mean_dice(labels[0].array, labels[1].array))
         validation["ff_model_grid"].append(mean_dice(small[0].array, on_model_grid.warp_labels(small[1].array)))

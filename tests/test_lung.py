@@ -19,7 +19,7 @@ from nioreg.lung import (
     register_lung,
     to_hu,
 )
-from nioreg.methods import PRESET_ITERATIONS, register, scale_to_unit
+from nioreg.methods import get_method, register, scale_to_unit
 from nioreg.methods.network import PairNetwork
 from nioreg.models import build_model
 from nioreg.spatial import warp
@@ -51,7 +51,7 @@ def test_hu_offset_detection_and_window(chest):
     w = ct_window(np.array([-3000.0, -1000.0, -400.0, 200.0, 1500.0]))
     np.testing.assert_allclose(w, [0.0, 0.0, 0.5, 1.0, 1.0])
     assert CT_WINDOW == (-1000.0, 200.0)
-    assert LUNG_ITERATIONS["nio_m"] == PRESET_ITERATIONS["lung"] == [100, 60, 60] and LUNG_ITERATIONS["io"] == [200]
+    assert LUNG_ITERATIONS["nio_m"] == get_method("nio_m").iterations_for("lung") == [100, 60, 60] and LUNG_ITERATIONS["io"] == [200]
 
 
 def test_lung_mask_finds_the_lungs_with_their_vessels_and_not_the_outside_air(chest):

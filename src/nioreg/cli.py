@@ -13,35 +13,42 @@ from typing import Optional
 import typer
 
 from .console import fail, user_errors
-
-from .evaluate.command import evaluate_command
-from .train.command import train_command
 from .defaults import DEFAULT_LAMBDA
+from .evaluate.command import evaluate_command
+from .methods.options import RegistrationOptions, iterations_from_text
+from .methods.registry import get_method, method_names, methods_help, preset_names
+from .train.command import train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Deformable 3-D registration with Neural Instance Optimization (NIO) on LapIRN networks.")
 
-METHOD_HELP = "ff (feed-forward), io (Adam on the field), nio (Adam on the weights), nio_m (multi-resolution NIO)"
+
+def _preset_help() -> str:
+    """``brain: nio_m 100,60,30; lung: io 200, nio_m 100,60,60`` from the method registry."""
+    parts = []
+    for preset in preset_names():
+        counts = [f"{e.name} {','.join(map(str, e.presets[preset]))}" for e in map(get_method, method_names())
+                  if preset in e.presets]
+        parts.append(f"{preset}: {', '.join(counts)}")
+    return "Iteration preset (" + "; ".join(parts) + "); other methods keep their defaults."
 
 
-
-def _parse_iterations(text: Optional[str], preset: Optional[str]) -> Optional[list[int]]:
-    from .methods import PRESET_ITERATIONS
-
-    if text is not None and preset is not None:
+def _registration_options(method: str, iters: Optional[str], preset: Optional[str], **settings) -> RegistrationOptions:
+    """The command line's choices as one options object (validated: one clear message when wrong)."""
+    if iters is not None and preset is not None:
         fail("give either --iters or --preset, not both")
-    if preset is not None:
-        if preset not in PRESET_ITERATIONS:
-            fail(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_ITERATIONS)}")
-        return PRESET_ITERATIONS[preset]
-    if text is None:
-        return None
+    if preset is not None and preset not in preset_names():
+        fail(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
     try:
-        return [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        fail(f"--iters takes integers separated by commas (e.g. 100,60,30), got {text!r}")
-    return None
-
+        iterations = iterations_from_text(iters)
+    except ValueError as error:
+        fail(f"--iters: {error}")
+    try:
+        options = RegistrationOptions(method=method, iterations=iterations, preset=preset, **settings)
+        options.resolved_iterations()  # an unknown method or a wrong number of counts fails here, before any work
+    except ValueError as error:
+        fail(str(error))
+    return options
 
 
 @app.command()
@@ -50,12 +57,12 @@ def register(
     moving: Path = typer.Option(..., "--moving", help="Moving image (NIfTI); resampled onto the fixed grid through its header."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     model: Optional[Path] = typer.Option(None, "--model", help="nioreg model file, or an official LapIRN .pth with --variant (default: the brain model shipped with nioreg, see README)."),
-    method: str = typer.Option("nio_m", "--method", help=METHOD_HELP),
+    method: str = typer.Option("nio_m", "--method", help=methods_help()),
     fixed_labels: Optional[Path] = typer.Option(None, "--fixed-labels", help="Fixed label map (for Dice)."),
     moving_labels: Optional[Path] = typer.Option(None, "--moving-labels", help="Moving label map, warped with nearest neighbour."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Region of interest for the similarity term (fixed grid)."),
     iters: Optional[str] = typer.Option(None, "--iters", help="Iterations: one number (io, nio) or three (nio_m), e.g. 100,60,30."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="nio_m iteration preset: brain [100,60,30] or lung [100,60,60]."),
+    preset: Optional[str] = typer.Option(None, "--preset", help=_preset_help()),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam step size (default 1e-4 for nio/nio_m, 0.1 voxel for io)."),
     lam: float = typer.Option(DEFAULT_LAMBDA, "--lambda", help="Regularisation weight λ in [0, 1] of (1-λ)·LNCC + λ·diffusion."),
     variant: Optional[str] = typer.Option(None, "--variant", help="For official .pth checkpoints: disp, diff or clapirn-lite."),
@@ -64,22 +71,22 @@ def register(
     fixed_orientation: Optional[str] = typer.Option(None, "--fixed-orientation", help="Override the fixed header's orientation, e.g. RAS (for wrong headers)."),
     moving_orientation: Optional[str] = typer.Option(None, "--moving-orientation", help="Override the moving header's orientation."),
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded in metrics.json)."),
+    smoothing: Optional[str] = typer.Option(None, "--smoothing", help="Deformation model applied to every field: "
+                                            "none, or bspline (the B-spline-like model of Siebert et al. 2021)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Register MOVING to FIXED and write warped image(s), displacement fields and metrics.json."""
     from .pipeline import register_files
 
-    iterations = _parse_iterations(iters, preset)
+    options = _registration_options(method, iters, preset, lr=lr, lam=lam, seed=seed, device=device,
+                                    precision=precision, smoothing=smoothing)
     try:
         result, metrics = register_files(
-            fixed, moving, model, out, method=method, fixed_labels=fixed_labels, moving_labels=moving_labels,
-            mask=mask, variant=variant, iterations=iterations, lr=lr, lam=lam, device=device,
-            fixed_orientation=fixed_orientation, moving_orientation=moving_orientation, progress=not quiet,
-            seed=seed, precision=precision,
-        )
+            fixed, moving, model, out, options, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
+            variant=variant, fixed_orientation=fixed_orientation, moving_orientation=moving_orientation,
+            progress=not quiet)
     except user_errors() as error:
         fail(str(error))
-        return
     line = f"{method}: {result.seconds:.2f} s, loss {result.feedforward_loss:.4f} (ff) -> {result.final_loss:.4f}"
     if "dice" in metrics:
         line += f", DSC {metrics['dice']['mean_before']:.3f} -> {metrics['dice']['mean']:.3f}"

@@ -20,6 +20,7 @@ from .methods import register
 from .io import Volume
 from .io.preprocess import Preprocessing
 from .models import DEFAULT_MODEL, DEMO_MODEL, LapIRN, build_model, load_model, save_model, shipped_model_path
+from .methods import RegistrationOptions
 from .pipeline import register_volumes
 from .defaults import DEFAULT_LAMBDA
 
@@ -73,7 +74,8 @@ def run_demo(out: str | Path, device: str | None = None, quick: bool = False, mo
           f"(start_channel {model.config['start_channel']}), initial DSC {before:.3f}")
     print(f"{'method':8s} {'DSC':>6s} {'std|J|':>7s} {'fold%':>6s} {'time s':>7s}")
     for method, iterations in methods.items():
-        result, _ = register_volumes(model, fixed_vol, moving_vol, method, iterations=iterations, device=device)
+        options = RegistrationOptions(method=method, iterations=iterations, device=device)
+        result, _ = register_volumes(model, fixed_vol, moving_vol, options)
         labels = result.warp_labels(moving.labels)
         jac = jacobian_statistics(result.jacobian_determinant())
         rows[method] = {"dice": mean_dice(fixed.labels, labels), "iterations": result.iterations,

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
-from .methods import PRESET_ITERATIONS, Pair, RegistrationResult, register, resolve_device, scale_to_unit
+from .methods import Pair, RegistrationResult, register, resolve_device, scale_to_unit
+from .methods.registry import get_method, method_names
 from .spatial import as_batched, identity_grid, sample
 from .defaults import DEFAULT_LAMBDA
 
@@ -56,7 +57,7 @@ __all__ = [
 CT_WINDOW: tuple[float, float] = (-1000.0, 200.0)
 """HU window mapped to [0, 1] for the network: air at 0, soft tissue and vessels near the top."""
 
-LUNG_ITERATIONS: dict[str, list[int]] = {"ff": [], "io": [200], "nio": [50], "nio_m": list(PRESET_ITERATIONS["lung"])}
+LUNG_ITERATIONS: dict[str, list[int]] = {name: get_method(name).iterations_for("lung") for name in method_names()}
 """Chest-4DCT defaults: IO η = 200 (Table 2), NIO_m [100, 60, 60] (Implementation)."""
 
 
@@ -344,12 +345,10 @@ def parse_method_spec(spec: str) -> tuple[str, list[int]]:
 
     Without a count the chest-4DCT defaults apply (:data:`LUNG_ITERATIONS`).
     """
-    from .methods import METHODS
-
     text = str(spec).strip().lower()
     name, _, counts = text.partition(":")
     name = name.strip()
-    if name not in METHODS:
+    if name not in method_names():
         raise ValueError(f"unknown method {spec!r}; use ff, io[:N], nio[:N] or nio_m[:N1,N2,N3]")
     if not counts.strip():
         return name, list(LUNG_ITERATIONS[name])

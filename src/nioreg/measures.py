@@ -1,19 +1,20 @@
 """Measures of one registered pair: Dice per structure, Jacobian-determinant statistics, landmark TRE.
 
 They sit low in the package (above :mod:`nioreg.spatial`, below everything that registers), so that the
-pipeline, training and evaluation all use the same definitions without importing each other.
+pipeline, training and evaluation all use the same definitions without importing each other. Importing
+this module loads numpy only (torch is imported by the TRE when it runs), so ``nioreg --help`` stays fast.
 Statistics over many cases (DSC30, paired tests) belong to :mod:`nioreg.evaluate.metrics`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import torch
 
-from .spatial import transform_points
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "TRE_THRESHOLD_MM",
@@ -87,6 +88,10 @@ def target_registration_error(
         raise ValueError(f"fixed and moving landmarks differ in number: {p.shape} vs {q.shape}")
     mapped = p
     if displacement is not None:
+        import torch
+
+        from .spatial import transform_points
+
         disp = torch.as_tensor(displacement)
         if not disp.is_floating_point():
             disp = disp.float()

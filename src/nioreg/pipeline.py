@@ -41,10 +41,9 @@ from .io import (
     write_json_atomic,
 )
 from .io.preprocess import Preprocessing
-from .methods import MIN_SIZE, RegistrationResult, Safeguards, register
+from .methods import MIN_SIZE, RegistrationOptions, RegistrationResult, Safeguards, register
 from .models import default_model_path, load_model
 from .spatial import regrid_displacement
-from .defaults import DEFAULT_LAMBDA
 
 OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
@@ -135,23 +134,26 @@ def model_view(net, fixed: Volume, moving: Volume, mask: Volume | None = None, *
     return ModelView(prep, fixed_in, moving_in, mask_in)
 
 
-def register_volumes(net, fixed: Volume, moving: Volume, method: str = "nio_m", *, mask: Volume | None = None,
-                     fixed_name: str = "fixed image", moving_name: str = "moving image",
-                     **options) -> tuple[RegistrationResult, ModelView]:
+def register_volumes(net, fixed: Volume, moving: Volume, options: RegistrationOptions | str | None = None, *,
+                     mask: Volume | None = None, fixed_name: str = "fixed image", moving_name: str = "moving image",
+                     safeguards: Safeguards | None = None,
+                     progress: bool = False) -> tuple[RegistrationResult, ModelView]:
     """:func:`nioreg.register` on volumes, the way ``net`` was trained (:func:`model_view`).
 
-    When the model works on another grid than the fixed image's (a recorded spacing), the displacement is
-    mapped back onto the fixed grid (:func:`nioreg.spatial.regrid_displacement`), so the result is always
-    in voxels of ``fixed``.
+    ``options`` is a :class:`~nioreg.methods.RegistrationOptions` (a bare method name is short for
+    ``RegistrationOptions(method=name)``; ``None`` for the defaults). When the model works on another grid
+    than the fixed image's (a recorded spacing), the displacement is mapped back onto the fixed grid
+    (:func:`nioreg.spatial.regrid_displacement`), so the result is always in voxels of ``fixed``.
     """
+    options = RegistrationOptions(method=options) if isinstance(options, str) else options or RegistrationOptions()
     view = model_view(net, fixed, moving, mask, fixed_name=fixed_name, moving_name=moving_name)
     if view.fixed is not fixed and min(view.fixed.shape) < MIN_SIZE:
         spacing = "×".join(f"{v:g}" for v in view.fixed.spacing)
         raise InputError(f"{fixed_name}: at the model's voxel size ({spacing} mm) it has shape {view.fixed.shape}, "
                          f"too small for a 3-level pyramid (every axis needs at least {MIN_SIZE} voxels)")
     mask_array = None if view.mask is None else (view.mask.array > 0).astype(np.float32)
-    result = register(view.fixed.array, view.moving.array, net, method, mask=mask_array,
-                      scale_intensities=view.preprocessing is None, **options)
+    result = register(view.fixed.array, view.moving.array, net, options=options, mask=mask_array,
+                      scale_intensities=view.preprocessing is None, safeguards=safeguards, progress=progress)
     if not same_grid(view.fixed, fixed):
         result.displacement = regrid_displacement(result.displacement, view.fixed.affine, fixed.affine, fixed.shape)
     return result, view
@@ -189,29 +191,24 @@ def register_files(
     moving: str | Path,
     model: str | Path | None,
     out_dir: str | Path,
+    options: RegistrationOptions | None = None,
     *,
-    method: str = "nio_m",
     fixed_labels: str | Path | None = None,
     moving_labels: str | Path | None = None,
     mask: str | Path | None = None,
     variant: str | None = None,
-    iterations: Sequence[int] | None = None,
-    lr: float | None = None,
-    lam: float = DEFAULT_LAMBDA,
-    device: str | None = None,
     fixed_orientation: str | None = None,
     moving_orientation: str | None = None,
     safeguards: Safeguards | None = None,
     progress: bool = False,
-    seed: int = 0,
-    precision: str = "fp32",
 ) -> tuple[RegistrationResult, dict]:
-    """Register ``moving`` to ``fixed`` (NIfTI paths) and write the outputs into ``out_dir``.
+    """Register ``moving`` to ``fixed`` (NIfTI paths) with ``options`` and write the outputs into ``out_dir``.
 
     ``model=None`` uses the default model shipped in the package (:func:`nioreg.models.default_model_path`).
 
     Returns the result and the metrics dictionary that was written to ``metrics.json``.
     """
+    options = options or RegistrationOptions()
     out = Path(out_dir)
     model = default_model_path() if model is None else model
     given = [p for p in (fixed, moving, fixed_labels, moving_labels, mask, model) if p is not None]
@@ -221,9 +218,8 @@ def register_files(
                          fixed_orientation=fixed_orientation, moving_orientation=moving_orientation)
     net = load_model(model, variant=variant)
     result, view = register_volumes(
-        net, inputs.fixed, inputs.moving, method, mask=inputs.mask, fixed_name=f"fixed image '{fixed}'",
-        moving_name=f"moving image '{moving}'", iterations=iterations, lr=lr, lam=lam, device=device,
-        safeguards=safeguards, progress=progress, seed=seed, precision=precision)
+        net, inputs.fixed, inputs.moving, options, mask=inputs.mask, fixed_name=f"fixed image '{fixed}'",
+        moving_name=f"moving image '{moving}'", safeguards=safeguards, progress=progress)
 
     warped = result.warp(inputs.moving.array)
     metrics: dict = {
@@ -240,7 +236,7 @@ def register_files(
         **jacobian_statistics(result.jacobian_determinant()),
         "conventions": "displacement_l2r: voxels, channel k along array axis k, pull; "
                        "displacement_itk: LPS mm, ITK DisplacementFieldTransform (fixed point -> moving point)",
-        "provenance": provenance(result.device, seed),
+        "provenance": provenance(result.device, options.seed),
     }
     warped_labels = None
     if inputs.moving_labels is not None:

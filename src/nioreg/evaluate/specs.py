@@ -29,10 +29,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-LEARNED = ("ff", "io", "nio", "nio_m")
 BASELINES = ("syn", "niftyreg")
 IDENTITY = ("initial",)
-ALL_METHODS = IDENTITY + LEARNED + BASELINES
 
 LEARNED_OPTIONS = {"lr": float, "lambda": float, "seed": int, "precision": str}
 BASELINE_OPTIONS = {
@@ -40,30 +38,22 @@ BASELINE_OPTIONS = {
             "flow_sigma": float, "total_sigma": float},
     "niftyreg": {"maxit": int, "ln": int, "lp": int, "be": float, "le": float, "sx": float, "sim": str},
 }
-DISPLAY = {"initial": "Initial", "ff": "LapIRN (ff)", "io": "IO", "nio": "NIO", "nio_m": "NIO_m",
-           "syn": "SyN (ANTs)", "niftyreg": "NiftyReg (f3d)"}
+BASELINE_DISPLAY = {"initial": "Initial", "syn": "SyN (ANTs)", "niftyreg": "NiftyReg (f3d)"}
 _LABEL_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 # ------------------------------------------------------------------------------------ what the methods take
 
 
-def iteration_count(name: str) -> int:
-    """How many iteration counts a learned method takes after ``:`` (0 for ff, 1 for io/nio, 3 for nio_m)."""
-    return {"ff": 0, "io": 1, "nio": 1, "nio_m": 3}[name]
+def learned_methods() -> list[str]:
+    """The learned methods of the registry (ff, io, nio, nio_m, and any registered later)."""
+    from ..methods.registry import method_names
+
+    return method_names()
 
 
-def preset_iterations(name: str, preset: str | None) -> tuple[int, ...]:
-    """The iterations of a bare learned method name under ``preset`` (its defaults when it has no such preset)."""
-    if preset == "lung":
-        from ..lung import LUNG_ITERATIONS
-
-        return tuple(LUNG_ITERATIONS[name])
-    from ..methods import DEFAULT_ITERATIONS, PRESET_ITERATIONS
-
-    if name == "nio_m" and preset in PRESET_ITERATIONS:
-        return tuple(PRESET_ITERATIONS[preset])
-    return tuple(DEFAULT_ITERATIONS[name])
+def all_methods() -> list[str]:
+    return list(IDENTITY) + learned_methods() + list(BASELINES)
 
 
 # ------------------------------------------------------------------------------------ the spec
@@ -86,7 +76,7 @@ class MethodSpec:
 
     @property
     def kind(self) -> str:
-        return "identity" if self.name in IDENTITY else "learned" if self.name in LEARNED else "baseline"
+        return "identity" if self.name in IDENTITY else "baseline" if self.name in BASELINES else "learned"
 
     @property
     def option_dict(self) -> dict:
@@ -97,7 +87,9 @@ class MethodSpec:
         """The iterations a learned method runs: as written, else those of the preset; ``None`` otherwise."""
         if self.kind != "learned":
             return None
-        return list(self.iterations if self.iterations is not None else preset_iterations(self.name, self.preset))
+        from ..methods.registry import get_method
+
+        return get_method(self.name).check_iterations(self.iterations, self.preset)
 
     @property
     def has_explicit_label(self) -> bool:
@@ -107,11 +99,17 @@ class MethodSpec:
     def display(self) -> str:
         """Row name of the table: ``IO (η=50)``, ``NIO_m (η=[100, 60, 30])``, ``SyN (ANTs)``..."""
         extra = []
-        if self.name in ("io", "nio", "nio_m"):
-            iters = self.iteration_counts
+        iters = self.iteration_counts
+        if iters:
             extra.append(f"η={iters[0]}" if len(iters) == 1 else f"η={iters}")
         extra += [f"{k}={v}" for k, v in self.options]
-        return f"{DISPLAY[self.name]} ({', '.join(extra)})" if extra else DISPLAY[self.name]
+        if self.kind == "learned":
+            from ..methods.registry import get_method
+
+            base = get_method(self.name).display or self.name
+        else:
+            base = BASELINE_DISPLAY[self.name]
+        return f"{base} ({', '.join(extra)})" if extra else base
 
     def to_dict(self) -> dict:
         return {"text": self.text, "label": self.label, "name": self.name, "kind": self.kind,
@@ -121,7 +119,7 @@ class MethodSpec:
 
 def _fail(text: str, problem: str) -> SpecError:
     return SpecError(f"method spec {text!r}: {problem} (format: [LABEL=]NAME[:ITERS][@KEY=VALUE]..., "
-                     f"NAME one of {', '.join(ALL_METHODS)})")
+                     f"NAME one of {', '.join(all_methods())})")
 
 
 def _split_label(raw: str) -> tuple[str | None, str]:
@@ -137,22 +135,25 @@ def _split_label(raw: str) -> tuple[str | None, str]:
 def _parse_iterations(raw: str, name: str, text: str) -> tuple[int, ...] | None:
     if not text.strip():
         return None
-    if name not in ("io", "nio", "nio_m"):
-        raise _fail(raw, f"{name} takes no ':ITERS' (use options, e.g. syn@iters=100x70x50)")
+    from ..methods.registry import get_method
+
+    wanted = get_method(name).iteration_counts if name in learned_methods() else 0
+    if wanted == 0:
+        raise _fail(raw, f"{name} takes no ':ITERS'" + (" (use options, e.g. syn@iters=100x70x50)"
+                                                         if name in BASELINES else ""))
     try:
         iterations = tuple(int(p) for p in text.replace(" ", "").split(",") if p)
     except ValueError:
         raise _fail(raw, f"iterations must be integers separated by commas, got {text!r}") from None
     if any(i < 0 for i in iterations):
         raise _fail(raw, "iterations must be >= 0")
-    wanted = iteration_count(name)
     if len(iterations) != wanted:
         raise _fail(raw, f"{name} takes {wanted} iteration count{'s' if wanted > 1 else ''}, got {len(iterations)}")
     return iterations
 
 
 def _parse_options(raw: str, name: str, parts: list[str]) -> dict[str, object]:
-    allowed = LEARNED_OPTIONS if name in LEARNED else BASELINE_OPTIONS.get(name, {})
+    allowed = BASELINE_OPTIONS[name] if name in BASELINES else {} if name in IDENTITY else LEARNED_OPTIONS
     options: dict[str, object] = {}
     for part in parts:
         key, eq, value = part.partition("=")
@@ -196,13 +197,13 @@ def parse_method_spec(text: str, *, preset: str | None = None) -> MethodSpec:
     core, *option_parts = text.split("@")
     name, _, iter_text = core.strip().partition(":")
     name = name.strip().lower()
-    if name not in ALL_METHODS:
+    if name not in all_methods():
         raise _fail(raw, f"unknown method {name!r}")
     iterations = _parse_iterations(raw, name, iter_text)
     options = _parse_options(raw, name, option_parts)
     return MethodSpec(text=raw.strip(), label=label or automatic_label(name, iterations, options), name=name,
                       iterations=iterations, options=tuple(options.items()),
-                      preset=preset if name in LEARNED else None)
+                      preset=preset if name in learned_methods() else None)
 
 
 def check_unique_labels(specs: Iterable[MethodSpec]) -> None:

@@ -1,39 +1,43 @@
-"""Registration methods on one shared optimisation loop.
+"""Registration methods on one shared optimisation loop, and the registry that names them.
 
 - ``ff``: the network's feed-forward prediction.
 - ``io``: Adam on the displacement, initialised by ``ff`` (instance optimisation).
 - ``nio``: Adam on all network weights at full resolution (neural instance optimisation).
 - ``nio_m``: NIO coarse to fine, level 1 then 1–2 then 1–3, loss always at full resolution.
+
+A new method is one module with a run function plus one :func:`register_method` entry
+(:mod:`nioreg.methods.registry`). Names are imported lazily, so that the registry and the options (which
+the command line reads at start-up) load without torch.
 """
 
-from .api import (
-    DEFAULT_ITERATIONS,
-    DEFAULT_LR,
-    METHODS,
-    MIN_SIZE,
-    PRESET_ITERATIONS,
-    RegistrationResult,
-    register,
-    resolve_device,
-    scale_to_unit,
-)
-from .loop import OptimisationLog, Safeguards, run_stage
-from .pair import Pair
-from .network import PairNetwork
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "DEFAULT_ITERATIONS",
-    "DEFAULT_LR",
-    "METHODS",
-    "MIN_SIZE",
-    "PRESET_ITERATIONS",
-    "OptimisationLog",
-    "Pair",
-    "PairNetwork",
-    "RegistrationResult",
-    "Safeguards",
-    "register",
-    "resolve_device",
-    "run_stage",
-    "scale_to_unit",
-]
+_EXPORTS = {
+    "MIN_SIZE": "api",
+    "RegistrationResult": "api",
+    "register": "api",
+    "resolve_device": "api",
+    "scale_to_unit": "api",
+    "OptimisationLog": "loop",
+    "Safeguards": "loop",
+    "run_stage": "loop",
+    "Pair": "pair",
+    "PairNetwork": "network",
+    "RegistrationOptions": "options",
+    "MethodContext": "registry",
+    "MethodEntry": "registry",
+    "get_method": "registry",
+    "method_names": "registry",
+    "preset_names": "registry",
+    "register_method": "registry",
+    "unregister_method": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

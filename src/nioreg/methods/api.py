@@ -12,21 +12,14 @@ from torch import Tensor, nn
 
 from ..spatial import jacobian_determinant, transform_points, warp, warp_labels
 from .feedforward import feedforward
-from .instance import instance_optimisation
 from .loop import OptimisationLog, Safeguards
 from .network import in_memory_format, memory_format_name, resolve_memory_format
-from .neural import multiresolution_nio, neural_instance_optimisation
+from .options import RegistrationOptions
 from .pair import Pair
-from ..defaults import DEFAULT_LAMBDA
+from .registry import MethodContext
 
-METHODS = ("ff", "io", "nio", "nio_m")
 MIN_SIZE = 16
 """Smallest accepted size per axis: level 1 runs at 1/4 size and has a stride-2 layer inside."""
-
-DEFAULT_ITERATIONS: dict[str, list[int]] = {"ff": [], "io": [50], "nio": [50], "nio_m": [100, 60, 30]}
-PRESET_ITERATIONS: dict[str, list[int]] = {"brain": [100, 60, 30], "lung": [100, 60, 60]}
-DEFAULT_LR: dict[str, float] = {"ff": 0.0, "io": 0.1, "nio": 1e-4, "nio_m": 1e-4}
-"""Adam step sizes: 1e-4 on network weights (the paper); 0.1 voxel on the displacement for IO."""
 
 
 @dataclass
@@ -118,75 +111,49 @@ def register(
     fixed: np.ndarray | Tensor,
     moving: np.ndarray | Tensor,
     model: nn.Module,
-    method: str = "nio_m",
+    method: str | None = None,
     *,
+    options: RegistrationOptions | None = None,
     iterations: Sequence[int] | int | None = None,
     lr: float | None = None,
-    lam: float = DEFAULT_LAMBDA,
+    lam: float | None = None,
     mask: np.ndarray | Tensor | None = None,
     device: str | torch.device | None = None,
     safeguards: Safeguards | None = None,
     progress: bool = False,
-    seed: int = 0,
-    smoothing: Callable[[Tensor], Tensor] | None = None,
+    seed: int | None = None,
+    smoothing: Callable[[Tensor], Tensor] | str | None = None,
     scale_intensities: bool = True,
-    precision: str = "fp32",
-    memory_format: str = "auto",
+    precision: str | None = None,
+    memory_format: str | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (3-D arrays on the same grid) with a LapIRN-family ``model``.
 
-    ``method`` is ``"ff"``, ``"io"``, ``"nio"`` or ``"nio_m"``; ``iterations`` defaults to 50 (io, nio) and
-    [100, 60, 30] (nio_m); ``lr`` to 0.1 voxel (io) and 1e-4 (nio, nio_m); ``lam`` is the normalised
-    regularisation weight λ of the objective (and the conditioning input of conditional networks);
-    ``mask`` restricts the similarity term to a region of interest. ``smoothing`` is an optional
-    deformation model applied to every field the method produces (feed-forward included) before it is
-    evaluated, e.g. :class:`nioreg.lung.BSplineSmoothing`. ``scale_intensities=False`` skips the min–max
-    scaling to [0, 1] for inputs that were already normalised (e.g. by the preprocessing a model records).
+    The settings come from ``options`` (a :class:`RegistrationOptions`, e.g. built by the command line or a
+    method spec); the keyword arguments override single fields of it. ``method`` is any registered method
+    (:mod:`nioreg.methods.registry`: ``"ff"``, ``"io"``, ``"nio"``, ``"nio_m"`` by default, ``"nio_m"``
+    when not given); ``iterations`` default to the method's (50 for io and nio, [100, 60, 30] for nio_m);
+    ``lr`` to 0.1 voxel (io) and 1e-4 (nio, nio_m); ``lam`` is the normalised regularisation weight λ of
+    the objective (0.4; also the conditioning input of conditional networks); ``mask`` restricts the
+    similarity term to a region of interest. ``smoothing`` is an optional deformation model applied to
+    every field the method produces (feed-forward included) before it is evaluated, e.g. ``"bspline"``
+    (:func:`nioreg.spatial.resolve_smoothing`). ``scale_intensities=False`` skips the min–max scaling to
+    [0, 1] for inputs that were already normalised (e.g. by the preprocessing a model records).
     ``precision="bf16"`` runs the network under bf16 autocast (loss and optimiser stay fp32).
     ``memory_format`` lays the network's activations and weights out as ``"channels_last"`` or
     ``"contiguous"``; ``"auto"`` picks channels_last on the CPU, where oneDNN runs it faster, and contiguous on
     CUDA. The model itself is never modified.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda must be in [0, 1], got {lam}")
-    iters = list(DEFAULT_ITERATIONS[method]) if iterations is None else (
-        [int(iterations)] if isinstance(iterations, int) else [int(i) for i in iterations])
-    if method in ("io", "nio") and len(iters) != 1:
-        raise ValueError(f"{method} takes one iteration count, got {iters}")
-    if any(i < 0 for i in iters):
-        raise ValueError(f"iteration counts must be >= 0, got {iters}")
-    step = DEFAULT_LR[method] if lr is None else float(lr)
-    dev = resolve_device(device)
-    torch.manual_seed(seed)
-
-    fixed_t, moving_t = _as_volume_tensor(fixed, dev), _as_volume_tensor(moving, dev)
-    if fixed_t.shape != moving_t.shape:
-        raise ValueError(f"fixed {tuple(fixed_t.shape[2:])} and moving {tuple(moving_t.shape[2:])} must share a grid")
-    if min(fixed_t.shape[2:]) < MIN_SIZE:
-        raise ValueError(f"volume {tuple(fixed_t.shape[2:])} is too small for a 3-level pyramid: "
-                         f"every axis needs at least {MIN_SIZE} voxels")
-    mask_t = None if mask is None else _as_volume_tensor(mask, dev)
-    layout = resolve_memory_format(memory_format, dev)
+    opts = (options or RegistrationOptions()).updated(
+        method=method, iterations=iterations, lr=lr, lam=lam, device=device, seed=seed, smoothing=smoothing,
+        precision=precision, memory_format=memory_format)
+    entry, iters, step = opts.entry, opts.resolved_iterations(), opts.resolved_lr()
+    dev = resolve_device(opts.device)
+    torch.manual_seed(opts.seed)
+    layout = resolve_memory_format(opts.memory_format, dev)
+    pair = _make_pair(fixed, moving, mask, dev, opts, layout, safeguards, scale_intensities)
     model = in_memory_format(model.to(dev).eval(), layout)
-    if scale_intensities:
-        fixed_t, moving_t = scale_to_unit(fixed_t), scale_to_unit(moving_t)
-    pair = Pair(fixed_t, moving_t, lam=lam, mask=mask_t,
-                safeguards=safeguards or Safeguards(), smoothing=smoothing, precision=precision,
-                memory_format=layout)
-
-    bar = None
-    if progress and method != "ff":
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(iters), desc=method, unit="it", leave=False)
-
-        def on_iteration(stage: str, iteration: int, loss: float) -> None:
-            bar.set_postfix(stage=stage, loss=f"{loss:.4f}", refresh=False)
-            bar.update(1)
-
-        pair.on_iteration = on_iteration
+    bar = _progress_bar(pair, opts.method, sum(iters)) if progress and entry.optimises else None
 
     started = time.perf_counter()
     network_field = feedforward(pair, model)
@@ -196,30 +163,60 @@ def register(
     ff_seconds = time.perf_counter() - started
     ff_loss = pair.loss_of(ff)
 
-    if method == "ff":
-        disp, final_loss = ff, ff_loss
-    else:
-        if method == "io":
-            disp = instance_optimisation(pair, network_field, iters[0], step)
-        elif method == "nio":
-            disp = neural_instance_optimisation(pair, model, iters[0], step)
-        else:
-            disp = multiresolution_nio(pair, model, iters, step)
-        final_loss = pair.loss_of(disp)
+    disp = entry.resolve()(MethodContext(pair, model, network_field, ff, iters, step))
+    final_loss = ff_loss if disp is ff else pair.loss_of(disp)
     fell_back = final_loss > ff_loss or not np.isfinite(final_loss)
     if fell_back:  # the promise: never worse in loss than the network as trained
-        pair.log.event(method, -1, "fell back", f"final loss {final_loss:.5f} > feed-forward {ff_loss:.5f}")
+        pair.log.event(opts.method, -1, "fell back", f"final loss {final_loss:.5f} > feed-forward {ff_loss:.5f}")
         disp, final_loss = ff, ff_loss
     _sync(dev)
     seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()
     return RegistrationResult(
-        displacement=disp.detach(), method=method, iterations=iters, lr=step, lam=lam, seconds=seconds,
+        displacement=disp.detach(), method=opts.method, iterations=iters, lr=step, lam=opts.lam, seconds=seconds,
         feedforward_seconds=ff_seconds, feedforward_loss=ff_loss, final_loss=final_loss,
-        fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=precision,
+        fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=opts.precision,
         memory_format=memory_format_name(layout),
     )
+
+
+def _make_pair(fixed, moving, mask, dev: torch.device, opts: RegistrationOptions, layout: torch.memory_format,
+               safeguards: Safeguards | None, scale_intensities: bool) -> Pair:
+    """The checked pair on ``dev``, scaled to [0, 1] unless the caller normalised it already."""
+    fixed_t, moving_t = _as_volume_tensor(fixed, dev), _as_volume_tensor(moving, dev)
+    if fixed_t.shape != moving_t.shape:
+        raise ValueError(f"fixed {tuple(fixed_t.shape[2:])} and moving {tuple(moving_t.shape[2:])} must share a grid")
+    if min(fixed_t.shape[2:]) < MIN_SIZE:
+        raise ValueError(f"volume {tuple(fixed_t.shape[2:])} is too small for a 3-level pyramid: "
+                         f"every axis needs at least {MIN_SIZE} voxels")
+    mask_t = None if mask is None else _as_volume_tensor(mask, dev)
+    if scale_intensities:
+        fixed_t, moving_t = scale_to_unit(fixed_t), scale_to_unit(moving_t)
+    return Pair(fixed_t, moving_t, lam=opts.lam, mask=mask_t, safeguards=safeguards or Safeguards(),
+                smoothing=_smoothing_model(opts.smoothing), precision=opts.precision, memory_format=layout)
+
+
+def _smoothing_model(value: Callable[[Tensor], Tensor] | str | None) -> Callable[[Tensor], Tensor] | None:
+    if value is None or callable(value):
+        return value
+    from ..spatial import resolve_smoothing
+
+    return resolve_smoothing(value)
+
+
+def _progress_bar(pair: Pair, method: str, total: int):
+    """A tqdm bar fed by ``pair.on_iteration`` (loss and stage in its postfix)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=method, unit="it", leave=False)
+
+    def on_iteration(stage: str, iteration: int, loss: float) -> None:
+        bar.set_postfix(stage=stage, loss=f"{loss:.4f}", refresh=False)
+        bar.update(1)
+
+    pair.on_iteration = on_iteration
+    return bar
 
 
 def _sync(device: torch.device) -> None:

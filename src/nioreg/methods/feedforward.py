@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .pair import Pair
+from .registry import MethodContext
 
 
 @torch.no_grad()
@@ -16,3 +17,8 @@ def feedforward(pair: Pair, model: nn.Module) -> Tensor:
     evaluates its smoothed version, so it must start from the unsmoothed one).
     """
     return pair.network(model).field(3)
+
+
+def run_feedforward(context: MethodContext) -> Tensor:
+    """The ``ff`` method: the feed-forward field as it is (``register()`` computed it already)."""
+    return context.feedforward

@@ -6,6 +6,7 @@ from torch import Tensor
 
 from .loop import run_stage
 from .pair import Pair
+from .registry import MethodContext
 
 
 def instance_optimisation(pair: Pair, initial: Tensor, iterations: int, lr: float) -> Tensor:
@@ -15,6 +16,10 @@ def instance_optimisation(pair: Pair, initial: Tensor, iterations: int, lr: floa
     field is its smoothed version, i.e. a B-spline-like deformation model as in Siebert et al. 2021.
     """
     disp = initial.detach().clone().requires_grad_(True)
-    stage = run_stage("io", [disp], lambda: pair.smooth(disp), pair.objective, iterations, lr, pair.log,
-                      pair.safeguards, pair.on_iteration)
-    return stage.best_field
+    return run_stage("io", [disp], lambda: pair.smooth(disp), pair.objective, iterations, lr, pair.log,
+                     pair.safeguards, pair.on_iteration)
+
+
+def run_instance_optimisation(context: MethodContext) -> Tensor:
+    """The ``io`` method: starts from the network's raw field."""
+    return instance_optimisation(context.pair, context.network_field, context.iterations[0], context.lr)

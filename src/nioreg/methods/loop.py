@@ -43,7 +43,7 @@ class Safeguards:
 
 @dataclass
 class OptimisationLog:
-    """Loss curve and events of one registration, JSON-serialisable through :meth:`to_dict`."""
+    """Loss curve, events and stage times of one registration (plain lists and dicts, JSON-ready)."""
 
     curve: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
@@ -55,15 +55,6 @@ class OptimisationLog:
 
     def event(self, stage: str, iteration: int, kind: str, detail: str) -> None:
         self.events.append({"stage": stage, "iteration": iteration, "event": kind, "detail": detail})
-
-    def to_dict(self) -> dict:
-        return {"loss_curve": self.curve, "events": self.events, "stage_seconds": self.stage_seconds}
-
-
-@dataclass
-class StageResult:
-    best_loss: float
-    best_field: Tensor
 
 
 def _snapshot(params: list[Tensor]) -> list[Tensor]:
@@ -90,7 +81,7 @@ def run_stage(
     log: OptimisationLog,
     safeguards: Safeguards | None = None,
     on_iteration: Callable[[str, int, float], None] | None = None,
-) -> StageResult:
+) -> Tensor:
     """Adam on ``params`` for ``iterations`` steps, minimising ``objective(compute_field())``.
 
     Returns the best (lowest-loss) field seen, with ``params`` restored to the iterate that produced it.
@@ -156,5 +147,5 @@ def run_stage(
     log.stage_seconds[name] = time.perf_counter() - started
     if best_field is None:  # every evaluation was non-finite: the caller falls back to feed-forward
         with torch.no_grad():
-            return StageResult(math.inf, compute_field().detach().clone())
-    return StageResult(best_loss, best_field)
+            return compute_field().detach().clone()
+    return best_field

@@ -17,12 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import official_to_voxel
+from .options import PRECISIONS
 
 MULTIPLE = 8
-PRECISIONS = ("fp32", "bf16")
-"""Network arithmetic: fp32, or bf16 autocast (GPU tensor cores; CPUs with AVX-512 BF16 / AMX). Only the
-network runs in bf16: its field is returned in fp32, and the loss, the warp of the full-resolution images
-and the optimiser state stay in fp32."""
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 """Layout of the network's activations and convolution weights. ``channels_last`` (``torch.channels_last_3d``)
 is what oneDNN's CPU convolutions run natively: on the 2-core EPYC of BENCHMARKS.md it makes a full-resolution

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .loop import run_stage
 from .pair import Pair
+from .registry import MethodContext
 
 
 def _private_copy(model: nn.Module) -> nn.Module:
@@ -27,9 +28,8 @@ def neural_instance_optimisation(pair: Pair, model: nn.Module, iterations: int, 
     """NIO: Adam on all network weights for ``iterations`` steps at full resolution."""
     work = _private_copy(model)
     net = pair.network(work)
-    stage = run_stage("nio", list(work.parameters()), lambda: pair.smooth(net.field(3)), pair.objective,
-                      iterations, lr, pair.log, pair.safeguards, pair.on_iteration)
-    return stage.best_field
+    return run_stage("nio", list(work.parameters()), lambda: pair.smooth(net.field(3)), pair.objective,
+                     iterations, lr, pair.log, pair.safeguards, pair.on_iteration)
 
 
 def multiresolution_nio(pair: Pair, model: nn.Module, iterations: Sequence[int], lr: float) -> Tensor:
@@ -45,9 +45,18 @@ def multiresolution_nio(pair: Pair, model: nn.Module, iterations: Sequence[int],
     field = None
     for level, count in enumerate(iterations, start=1):
         params = [p for lvl in range(1, level + 1) for p in work.level_parameters(lvl)]
-        stage = run_stage(f"level{level}", params, lambda lvl=level: pair.smooth(net.field(lvl)), pair.objective,
+        field = run_stage(f"level{level}", params, lambda lvl=level: pair.smooth(net.field(lvl)), pair.objective,
                           count, lr, pair.log, pair.safeguards, pair.on_iteration)
-        field = stage.best_field
         if pair.on_stage is not None:
             pair.on_stage(f"level{level}", field)
     return field
+
+
+def run_neural_instance_optimisation(context: MethodContext) -> Tensor:
+    """The ``nio`` method."""
+    return neural_instance_optimisation(context.pair, context.model, context.iterations[0], context.lr)
+
+
+def run_multiresolution_nio(context: MethodContext) -> Tensor:
+    """The ``nio_m`` method."""
+    return multiresolution_nio(context.pair, context.model, context.iterations, context.lr)

@@ -1,0 +1,92 @@
+"""How to register a pair: one options object carried from the command line (or a method spec) to ``register()``.
+
+:class:`RegistrationOptions` holds what a user chooses (method, iterations, step size, λ, seed, device,
+arithmetic, layout, deformation model). ``None`` means "the method's default" (iterations and lr come from
+the method registry). Importing this module loads no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..defaults import DEFAULT_LAMBDA
+from .registry import MethodEntry, get_method
+
+__all__ = ["PRECISIONS", "RegistrationOptions", "iterations_from_text"]
+
+PRECISIONS = ("fp32", "bf16")
+"""Network arithmetic: fp32, or bf16 autocast (GPU tensor cores; CPUs with AVX-512 BF16 / AMX). Only the
+network runs in bf16: its field is returned in fp32, and the loss, the warp of the full-resolution images
+and the optimiser state stay in fp32."""
+
+
+@dataclass(frozen=True)
+class RegistrationOptions:
+    """What one registration uses; every field has the meaning of the same-named ``register()`` argument.
+
+    ``iterations``/``lr`` = ``None``: the method's defaults, or its ``preset`` counts when ``preset`` names
+    one (:meth:`nioreg.methods.registry.MethodEntry.iterations_for`). ``smoothing``: a deformation model
+    applied to every field (``None``, ``"bspline"`` or a callable, see :func:`nioreg.spatial.resolve_smoothing`).
+    """
+
+    method: str = "nio_m"
+    iterations: tuple[int, ...] | None = None
+    preset: str | None = None
+    lr: float | None = None
+    lam: float = DEFAULT_LAMBDA
+    seed: int = 0
+    device: str | None = None
+    precision: str = "fp32"
+    memory_format: str = "auto"
+    smoothing: str | Callable | None = None
+
+    def __post_init__(self) -> None:
+        if self.iterations is not None and not isinstance(self.iterations, tuple):
+            counts = [self.iterations] if isinstance(self.iterations, int) else list(self.iterations)
+            object.__setattr__(self, "iterations", tuple(int(i) for i in counts))
+        if not 0.0 <= float(self.lam) <= 1.0:
+            raise ValueError(f"lambda must be in [0, 1], got {self.lam}")
+        if self.lr is not None and not (math.isfinite(float(self.lr)) and float(self.lr) > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+    @property
+    def entry(self) -> MethodEntry:
+        return get_method(self.method)
+
+    def resolved_iterations(self) -> list[int]:
+        """The iteration counts this run uses (validated against the method)."""
+        return self.entry.check_iterations(self.iterations, self.preset)
+
+    def resolved_lr(self) -> float:
+        return self.entry.default_lr if self.lr is None else float(self.lr)
+
+    def updated(self, **changes: Any) -> "RegistrationOptions":
+        """A copy with the given fields replaced; ``None`` values leave a field as it is."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unknown registration option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self) -> dict:
+        """JSON-ready record of the choices (the smoothing by name)."""
+        out = dataclasses.asdict(self)
+        out["iterations"] = None if self.iterations is None else list(self.iterations)
+        if callable(self.smoothing):
+            out["smoothing"] = type(self.smoothing).__name__
+        return out
+
+
+def iterations_from_text(text: str | None) -> tuple[int, ...] | None:
+    """``"100,60,30"`` → ``(100, 60, 30)``; ``None`` stays ``None``. ValueError with the text otherwise."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in str(text).replace(" ", "").split(",") if part)
+    except ValueError:
+        raise ValueError(f"iterations take integers separated by commas (e.g. 100,60,30), got {text!r}") from None
+

@@ -1,0 +1,81 @@
+"""The method registry: one entry per method; a new method is one function plus one entry."""
+
+import numpy as np
+import pytest
+import torch
+
+from nioreg.methods import MethodEntry, RegistrationOptions, get_method, method_names, register, register_method
+from nioreg.methods import unregister_method
+from nioreg.models import build_model
+
+
+def half_feedforward(context):
+    """A toy method: half the feed-forward field (to show that the run function's result is what returns)."""
+    return 0.5 * context.feedforward
+
+
+@pytest.fixture
+def toy_method():
+    entry = register_method(MethodEntry("half_ff", half_feedforward, 0, help="half of feed-forward"))
+    yield entry
+    unregister_method("half_ff")
+
+
+def volume(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return torch.nn.functional.avg_pool3d(torch.as_tensor(rng.random((1, 1, 24, 24, 24), dtype=np.float32)),
+                                          5, 1, 2)[0, 0].numpy()
+
+
+def test_builtin_entries_hold_the_method_facts():
+    assert method_names()[:4] == ["ff", "io", "nio", "nio_m"]
+    assert get_method("nio_m").iterations_for() == [100, 60, 30]
+    assert get_method("nio_m").iterations_for("lung") == [100, 60, 60]
+    assert get_method("io").iterations_for("lung") == [200] and get_method("io").iterations_for("brain") == [50]
+    assert get_method("nio").default_lr == 1e-4 and get_method("io").default_lr == 0.1
+    with pytest.raises(ValueError, match="unknown method 'magic'; choose one of ff, io"):
+        get_method("magic")
+
+
+def test_an_entry_must_match_its_iteration_counts():
+    with pytest.raises(ValueError, match="must hold 3 iteration count"):
+        MethodEntry("bad", half_feedforward, 3, (10, 10))
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(MethodEntry("ff", half_feedforward, 0))
+
+
+def test_a_registered_method_runs_through_register(toy_method):
+    torch.manual_seed(0)
+    model = build_model("disp", start_channel=2)
+    fixed, moving = volume(1), volume(2)
+    ff = register(fixed, moving, model, "ff", device="cpu")
+    toy = register(fixed, moving, model, "half_ff", device="cpu")
+    assert toy.method == "half_ff" and toy.iterations == []
+    # the promise "never worse in loss than feed-forward" holds for any registered method
+    if toy.fell_back_to_feedforward:
+        torch.testing.assert_close(toy.displacement, ff.displacement)
+        assert any(e["event"] == "fell back" for e in toy.log.events)
+    else:
+        torch.testing.assert_close(toy.displacement, 0.5 * ff.displacement)
+        assert toy.final_loss <= ff.final_loss
+
+
+def test_options_object_and_keywords_agree():
+    torch.manual_seed(0)
+    model = build_model("disp", start_channel=2)
+    fixed, moving = volume(3), volume(4)
+    by_keywords = register(fixed, moving, model, "io", iterations=3, lr=0.05, device="cpu")
+    options = RegistrationOptions(method="io", iterations=(3,), lr=0.05, device="cpu")
+    by_options = register(fixed, moving, model, options=options)
+    torch.testing.assert_close(by_keywords.displacement, by_options.displacement)
+    assert by_options.iterations == [3] and by_options.lr == 0.05
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"lam": 1.5}, "lambda"),
+    ({"lr": float("inf")}, "lr must be a positive finite number"),
+    ({"precision": "fp16"}, "unknown precision"),
+])
+def test_options_are_validated_when_built(settings, message):
+    with pytest.raises(ValueError, match=message):
+        RegistrationOptions(**settings)
