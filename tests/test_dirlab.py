@@ -13,7 +13,6 @@ from nioreg.io.dirlab import (
     DIRLAB_GEOMETRY,
     DirLabGeometry,
     dirlab_affine,
-    export_dirlab,
     find_dirlab_image,
     find_dirlab_landmarks,
     find_dirlab_mask,
@@ -24,6 +23,7 @@ from nioreg.io.dirlab import (
     read_landmarks,
     write_landmarks_csv,
 )
+from nioreg.chest import export_dirlab
 from nioreg.models import build_model
 
 PUBLISHED_INITIAL = [3.89, 4.34, 6.94, 9.83, 7.48, 10.89, 11.03, 14.99, 7.92, 7.30]
@@ -233,9 +233,9 @@ def test_evaluate_dirlab_end_to_end_resumes_and_prints_table_2(release, tmp_path
     assert (out / "table.md").read_text().strip() == table
 
     # resumable: nothing is registered again; another configuration in the same folder is refused
-    import nioreg.lung as lung
+    import nioreg.pipeline as pipeline
 
-    monkeypatch.setattr(lung, "register_lung", lambda *a, **k: pytest.fail("should have been resumed"))
+    monkeypatch.setattr(pipeline, "register_volumes", lambda *a, **k: pytest.fail("should have been resumed"))
     again = evaluate_dirlab(root, model, ["ff", "io:10"], out, cases=[1], geometry=geometry, echo=None)
     assert again["cases"][1]["io:10"] == summary["cases"][1]["io:10"]
     with pytest.raises(InputError, match="another configuration"):

@@ -58,6 +58,25 @@ def test_subvoxel_shift_matches_scipy_map_coordinates():
     np.testing.assert_allclose(ours, reference, atol=1e-5)
 
 
+@pytest.mark.parametrize("code", [2**24 + 1, 2**31 - 1, 2**40 + 3])
+def test_large_label_codes_survive_warping_exactly(code):
+    labels = np.zeros(SHAPE, np.int64)
+    labels[5:9, 6:10, 7:12] = code
+    labels[12:15, 14:18, 3:6] = code - 1  # a neighbour code that float32 would merge with it
+    torch.manual_seed(0)
+    field = torch.randn((1, 3) + SHAPE) * 2
+    warped = warp_labels(torch.from_numpy(labels)[None, None], field)[0, 0].numpy()
+    assert set(np.unique(warped)) <= {0, code, code - 1} and (warped == code).any() and (warped == code - 1).any()
+
+
+def test_label_warp_picks_grid_samples_nearest_neighbour():
+    torch.manual_seed(1)
+    labels = torch.randint(0, 60, (1, 1) + SHAPE)
+    field = torch.randn((1, 3) + SHAPE) * 3
+    reference = warp(labels.float(), field, mode="nearest").round().long()  # exact for small codes
+    assert torch.equal(warp_labels(labels, field), reference)
+
+
 def test_labels_stay_integer_and_shift_exactly():
     labels = np.zeros(SHAPE, np.int16)
     labels[5:9, 6:10, 7:12] = 3

@@ -16,6 +16,7 @@ output may overwrite an input.
 from __future__ import annotations
 
 import platform
+import shlex
 import sys
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -178,7 +179,7 @@ def provenance(device: str, seed: int) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "device": device,
         "seed": seed,
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),  # shell-quoted: can be re-run as written
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if device.startswith("cuda"):

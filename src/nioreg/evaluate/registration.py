@@ -17,7 +17,7 @@ from .specs import MethodSpec
 
 
 def registration_options(spec: MethodSpec, *, lam: float, seed: int, device: str | None = None,
-                         smoothing: Callable | None = None) -> RegistrationOptions:
+                         smoothing: str | Callable | None = None) -> RegistrationOptions:
     """The options of a learned spec: its iterations (or its preset's), and its ``@options`` over the run's
     defaults (λ, seed); the device and deformation model are the run's."""
     options = spec.option_dict
@@ -33,7 +33,7 @@ def register_spec(net, spec: MethodSpec, fixed: Volume, moving: Volume, *, mask:
 
     ``defaults`` are the run's λ, seed, device and smoothing (:func:`registration_options`). ``augment`` > 0
     averages that many affine-augmented registrations with the plain one
-    (:func:`nioreg.lung.register_with_affine_augmentation`), on the grid the model works on.
+    (:func:`nioreg.chest.register_with_affine_augmentation`), on the grid the model works on.
     """
     from ..pipeline import register_volumes
 
@@ -49,7 +49,7 @@ def _register_augmented(net, options: RegistrationOptions, fixed: Volume, moving
     import numpy as np
 
     from ..io import same_grid
-    from ..lung import register_with_affine_augmentation
+    from ..chest import register_with_affine_augmentation
     from ..pipeline import model_view
     from ..spatial import regrid_displacement
 

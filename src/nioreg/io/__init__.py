@@ -2,40 +2,45 @@
 
 Arrays stay in the file's (nibabel) axis order; affines map voxel indices to RAS+ mm; displacement files are
 converted from/to nioreg's voxel-unit pull convention here (see docs/conventions.md).
+
+Names are imported lazily, so that the command line can read small vocabularies (``nioreg.io.ct_windows``)
+at start-up without loading nibabel.
 """
 
-from .displacement import (
-    load_itk_displacement,
-    load_l2r_displacement,
-    save_itk_displacement,
-    save_l2r_displacement,
-)
-from .dataset import Record, read_dataset, select, write_manifest
-from .errors import InputError
-from .resample import resample_to, same_grid, voxel_mapping
-from .volume import Volume, load_image, load_labels, orientation_matrix, override_orientation, parse_orientation
-from .write import check_not_input, save_nifti, write_json_atomic
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "InputError",
-    "Record",
-    "read_dataset",
-    "select",
-    "write_manifest",
-    "Volume",
-    "load_image",
-    "load_labels",
-    "parse_orientation",
-    "orientation_matrix",
-    "override_orientation",
-    "resample_to",
-    "same_grid",
-    "voxel_mapping",
-    "save_nifti",
-    "check_not_input",
-    "write_json_atomic",
-    "save_itk_displacement",
-    "load_itk_displacement",
-    "save_l2r_displacement",
-    "load_l2r_displacement",
-]
+_EXPORTS = {
+    "CT_WINDOWS": "ct_windows",
+    "CTWindow": "ct_windows",
+    "LUNG_RECIPE_WINDOW": "ct_windows",
+    "load_itk_displacement": "displacement",
+    "load_l2r_displacement": "displacement",
+    "save_itk_displacement": "displacement",
+    "save_l2r_displacement": "displacement",
+    "Record": "dataset",
+    "read_dataset": "dataset",
+    "select": "dataset",
+    "write_manifest": "dataset",
+    "InputError": "errors",
+    "resample_to": "resample",
+    "same_grid": "resample",
+    "voxel_mapping": "resample",
+    "Volume": "volume",
+    "load_image": "volume",
+    "load_labels": "volume",
+    "orientation_matrix": "volume",
+    "override_orientation": "volume",
+    "parse_orientation": "volume",
+    "check_not_input": "write",
+    "save_nifti": "write",
+    "write_json_atomic": "write",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,7 @@
-"""The DIR-Lab 4D-CT release (Castillo et al. 2009): raw images, landmark files, manifests, LOO folds.
+"""The DIR-Lab 4D-CT release (Castillo et al. 2009): geometry, raw images, landmark files, finding files.
+
+Reading the release and the landmark CSV format live here; the export to NIfTI + manifests + leave-one-out
+folds needs HU conversion and lung masks, so it lives higher up, in :mod:`nioreg.chest.export`.
 
 Release layout (as downloaded from DIR-Lab; names differ between cases, so files are found by case and
 phase with a case-insensitive search below the given root, never by a fixed path)::
@@ -38,11 +41,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from .dataset import Record, write_manifest
 from .errors import InputError, input_error
 from .volume import Volume, load_image, load_labels, orientation_matrix
 
@@ -60,9 +62,9 @@ __all__ = [
     "find_dirlab_image",
     "find_dirlab_landmarks",
     "find_dirlab_mask",
+    "find_dirlab_cases",
+    "find_dirlab_phases",
     "load_dirlab_case",
-    "export_dirlab",
-    "write_loo_folds",
     "parse_case_phase",
 ]
 
@@ -129,7 +131,7 @@ def read_dirlab_image(
 
     ``case`` selects the published geometry (:data:`DIRLAB_GEOMETRY`); ``geometry`` overrides it (one
     :class:`DirLabGeometry`, or a ``{case: geometry}`` table). Intensities are returned as stored (the
-    release stores HU + 1024 in some cases; see :func:`nioreg.lung.to_hu`). The file size must match the
+    release stores HU + 1024 in some cases; see :func:`nioreg.chest.to_hu`). The file size must match the
     geometry exactly, otherwise :class:`InputError` names the file and both sizes.
     """
     p = Path(path)
@@ -332,6 +334,25 @@ def find_dirlab_mask(root: str | os.PathLike, case: int, phase: str = "T00") -> 
     return hits[0] if hits else None
 
 
+def find_dirlab_cases(root: str | os.PathLike) -> list[int]:
+    """The case numbers named by the image files below ``root`` (mask files count too)."""
+    numbers = (parse_case_phase(p.name)[0] for p in _files(Path(root)) if p.name.lower().endswith(IMAGE_SUFFIXES))
+    return sorted({case for case in numbers if case is not None})
+
+
+def find_dirlab_phases(root: str | os.PathLike, case: int, *,
+                       geometry: DirLabGeometry | Mapping[int, DirLabGeometry] | None = None) -> list[str]:
+    """The phases of ``case`` (in :data:`DIRLAB_PHASES` order) that have an image below ``root``."""
+    phases = []
+    for phase in DIRLAB_PHASES:
+        try:
+            find_dirlab_image(root, case, phase, geometry=geometry)
+        except InputError:
+            continue
+        phases.append(phase)
+    return phases
+
+
 # ----------------------------------------------------------------------------------------------- cases
 
 
@@ -401,111 +422,3 @@ def load_dirlab_case(
                 out.masks[phase] = Volume((mask.array > 0).astype(np.uint8), out.volumes[phase].affine, path=mask_path)
                 out.sources[f"{phase}_mask"] = str(mask_path)
     return out
-
-
-# ----------------------------------------------------------------------------------------------- export
-
-
-def _available_phases(root: Path, case: int, geometry) -> list[str]:
-    phases = []
-    for phase in DIRLAB_PHASES:
-        try:
-            find_dirlab_image(root, case, phase, geometry=geometry)
-        except InputError:
-            continue
-        phases.append(phase)
-    return phases
-
-
-def export_dirlab(
-    root: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    cases: Iterable[int] | None = None,
-    phases: Sequence[str] | None = None,
-    landmarks_root: str | os.PathLike | None = None,
-    geometry: DirLabGeometry | Mapping[int, DirLabGeometry] | None = None,
-    hu_offset: float | str = "auto",
-    lung_masks: bool = True,
-    folds: bool = True,
-) -> Path:
-    """Convert a DIR-Lab release into NIfTI + CSV landmarks + manifests that ``nioreg train/evaluate`` read.
-
-    Writes, below ``out``:
-
-    - ``images/caseN_TPP.nii.gz``: int16 HU (``hu_offset``: ``"auto"`` detects the +1024 storage, see
-      :func:`nioreg.lung.to_hu`; a number is added as is), the DIR-Lab affine (:func:`dirlab_affine`);
-    - ``masks/caseN_TPP.nii.gz``: lung masks (given ones, else :func:`nioreg.lung.lung_mask`) when
-      ``lung_masks``;
-    - ``landmarks/caseN_T00.csv`` / ``caseN_T50.csv``: 0-based voxel + mm landmarks (:func:`write_landmarks_csv`);
-    - ``dirlab.json``: manifest with columns image, mask, landmarks, subject (``caseN_TPP``), group (``caseN``);
-    - ``folds/loo_caseN_train.json`` / ``loo_caseN_test.json`` when ``folds`` (:func:`write_loo_folds`).
-
-    ``cases`` defaults to every case with images below ``root``; ``phases`` to every phase found.
-    Returns the path of ``dirlab.json``. Existing files are overwritten atomically.
-    """
-    from ..lung import lung_mask, to_hu
-    from .write import save_nifti
-
-    root, out = Path(root), Path(out)
-    if cases is None:
-        cases = sorted({c for c in (parse_case_phase(p.name)[0] for p in _files(root)
-                                    if p.name.lower().endswith(IMAGE_SUFFIXES)) if c is not None})
-    records: list[Record] = []
-    for case in cases:
-        wanted = list(phases) if phases is not None else _available_phases(root, case, geometry)
-        if not wanted:
-            raise InputError(f"DIR-Lab data '{root}': no images for case {case}")
-        data = load_dirlab_case(root, case, phases=wanted, landmarks_root=landmarks_root, geometry=geometry)
-        for phase in wanted:
-            volume = data.volumes[phase]
-            hu, _ = to_hu(volume.array, hu_offset)
-            name = f"case{case}_{phase}"
-            image = save_nifti(out / "images" / f"{name}.nii.gz", np.round(hu).astype(np.int16), volume.affine)
-            mask_path = None
-            if lung_masks:
-                mask = data.masks[phase].array if phase in data.masks else lung_mask(hu)
-                mask_path = save_nifti(out / "masks" / f"{name}.nii.gz", (mask > 0).astype(np.uint8), volume.affine)
-            lm_path = None
-            if phase in data.landmarks:
-                lm_path = write_landmarks_csv(out / "landmarks" / f"{name}.csv", data.landmarks[phase], volume)
-            records.append(Record(
-                image=image.relative_to(out), subject=name, mask=mask_path.relative_to(out) if mask_path else None,
-                landmarks=lm_path.relative_to(out) if lm_path else None, group=f"case{case}"))
-    manifest = write_manifest(out / "dirlab.json", records)
-    if folds:
-        write_loo_folds(records, out / "folds", base=out)
-    return manifest
-
-
-def write_loo_folds(records: Sequence[Record], folder: str | os.PathLike, *, base: str | os.PathLike | None = None,
-                    test_phases: Sequence[str] = ("T00", "T50")) -> list[tuple[Path, Path]]:
-    """Leave-one-case-out folds: ``loo_caseN_train.json`` (every phase of the other cases, split ``train``)
-    and ``loo_caseN_test.json`` (case N's ``test_phases``, split ``test``), one pair per case (group).
-
-    ``records`` with relative paths are taken relative to ``base``; the manifests store paths relative to
-    ``folder``. Train with ``nioreg train --dataset loo_caseN_train.json --pair-within-group``.
-    """
-    folder = Path(folder)
-    base_path = Path(base) if base is not None else None
-
-    def moved(record: Record, split: str) -> Record:
-        def rel(p: Path | None) -> Path | None:
-            if p is None:
-                return None
-            absolute = p if p.is_absolute() or base_path is None else base_path / p
-            return Path(os.path.relpath(absolute, folder))
-
-        return Record(image=rel(record.image), subject=record.subject, labels=rel(record.labels),
-                      mask=rel(record.mask), landmarks=rel(record.landmarks), group=record.group, split=split)
-
-    groups = sorted({r.group for r in records if r.group is not None},
-                    key=lambda g: (int(re.sub(r"\D", "", g) or 0), g))
-    written = []
-    for group in groups:
-        train = [moved(r, "train") for r in records if r.group != group]
-        test = [moved(r, "test") for r in records
-                if r.group == group and parse_case_phase(r.subject)[1] in tuple(p.upper() for p in test_phases)]
-        written.append((write_manifest(folder / f"loo_{group}_train.json", train),
-                        write_manifest(folder / f"loo_{group}_test.json", test)))
-    return written

@@ -6,9 +6,9 @@ A :class:`Preprocessing` describes, in this order:
    :func:`nioreg.io.override_orientation`); the voxel array itself is never reordered.
 2. intensity normalisation of images: clip to the ``percentiles`` (default 0.5 / 99.5) of the image's
    voxels, then min-max to ``[0, 1]``; ``percentiles=None`` is plain min-max. A CT window
-   (``ct_window``: a preset name such as ``"lung"`` or ``(level, width)`` in HU) replaces the percentiles:
-   clip to ``[level - width/2, level + width/2]`` and map that range to ``[0, 1]`` (the same mapping for
-   every image).
+   (``ct_window``: a preset name of :data:`nioreg.io.ct_windows.CT_WINDOWS` such as ``"lung"``, or
+   ``(level, width)`` in HU) replaces the percentiles: clip to ``[level - width/2, level + width/2]`` and map
+   that range to ``[0, 1]`` (the same mapping for every image). Model files record a preset by its name.
 3. resampling to a target voxel ``spacing`` (mm; trilinear, with a Gaussian anti-aliasing filter of
    ``sigma = (factor - 1) / 2`` voxels along axes that are downsampled), keeping the centre of the volume
    and the header's axis directions;
@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage
 
+from .ct_windows import CT_WINDOWS, CTWindow
 from .errors import InputError
 from .resample import resample_to, same_grid
 from .volume import Volume, load_image, load_labels, parse_orientation
@@ -41,16 +42,6 @@ from .volume import Volume, load_image, load_labels, parse_orientation
 __all__ = ["Preprocessing", "CT_WINDOWS", "PREPROCESSING_VERSION"]
 
 PREPROCESSING_VERSION = 1
-
-#: CT window presets: (level, width) in Hounsfield units.
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "soft-tissue": (40.0, 400.0),
-    "abdomen": (60.0, 400.0),
-    "bone": (400.0, 1800.0),
-    "brain": (40.0, 80.0),
-}
 
 _FIELDS = ("orientation", "spacing", "shape", "percentiles", "ct_window", "antialias")
 
@@ -192,8 +183,8 @@ class Preprocessing:
         """``(low, high)`` HU of the CT window (``ValueError`` when no window is set)."""
         if self.ct_window is None:
             raise ValueError("preprocessing: no CT window set")
-        level, width = CT_WINDOWS[self.ct_window] if isinstance(self.ct_window, str) else self.ct_window
-        return level - width / 2.0, level + width / 2.0
+        window = CT_WINDOWS[self.ct_window] if isinstance(self.ct_window, str) else CTWindow(*self.ct_window)
+        return window.bounds
 
     def intensity_range(self, array: np.ndarray) -> tuple[float, float]:
         """The ``(low, high)`` intensities that map to 0 and 1 for this image."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import input_error
 
-__all__ = ["save_nifti", "check_not_input", "write_json_atomic", "atomic_write"]
+__all__ = ["save_nifti", "check_not_input", "write_json_atomic", "atomic_write", "plain_values"]
 
 
 def _to_numpy(array: Any) -> np.ndarray:
@@ -130,6 +130,44 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def plain_values(value: Any, name: str = "value", *, other: Callable[[Any], Any] | None = None) -> Any:
+    """``value`` as plain Python values: None, bool, str, int, float, lists and dicts with string keys.
+
+    What both JSON and ``torch.load(weights_only=True)`` accept (checkpoints, model-file metadata): subclasses
+    of str/int/float (e.g. torch's ``TorchVersion``) become the base type, because ``weights_only`` refuses any
+    other class; numpy arrays and scalars become lists and Python scalars; tuples become lists. Anything else,
+    non-string dict keys included, goes through ``other`` (e.g. ``str``) or, without it, raises ``ValueError``
+    naming where in ``name`` it was found.
+    """
+    return _plain(value, name, name, other)
+
+
+def _plain(value: Any, name: str, where: str, other: Callable[[Any], Any] | None) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    for base in (str, int, float):
+        if isinstance(value, base):
+            return base(value)
+    if isinstance(value, (np.ndarray, np.generic)):
+        return _plain(value.tolist(), name, where, other)  # tolist() of a numpy scalar is its Python scalar
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, name, f"{where}[{i}]", other) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {_plain_key(k, name, where, other): _plain(v, name, f"{where}[{k!r}]", other) for k, v in value.items()}
+    if other is not None:
+        return other(value)
+    raise ValueError(f"{name} must hold only plain values (str, int, float, bool, None, list, dict); "
+                     f"{where} is a {type(value).__name__}")
+
+
+def _plain_key(key: Any, name: str, where: str, other: Callable[[Any], Any] | None) -> str:
+    if isinstance(key, str):
+        return str(key)
+    if other is not None:
+        return other(key)
+    raise ValueError(f"{name} keys must be strings, got {key!r} in {where}")
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, inputs: Iterable = ()) -> Path:

@@ -50,8 +50,8 @@ class RegistrationResult:
         return warp(_as_volume_tensor(moving, self.displacement.device), self.displacement)[0, 0].cpu().numpy()
 
     def warp_labels(self, labels: np.ndarray | Tensor) -> np.ndarray:
-        """Warp an integer label map (nearest neighbour); returns an int32 array."""
-        t = torch.as_tensor(np.asarray(labels).astype(np.int32)).to(self.displacement.device)[None, None]
+        """Warp an integer label map (nearest neighbour, every label code kept exactly, its integer type kept)."""
+        t = torch.as_tensor(_integer_labels(labels)).to(self.displacement.device)[None, None]
         return warp_labels(t, self.displacement)[0, 0].cpu().numpy()
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
@@ -81,6 +81,20 @@ class RegistrationResult:
             "events": self.log.events,
             "loss_curve": self.log.curve,
         }
+
+
+def _integer_labels(labels: np.ndarray | Tensor) -> np.ndarray:
+    """``labels`` as integers: an integer array keeps its type; whole-number floats become int32 (int64 when
+    they do not fit). Values that are not whole numbers are refused instead of truncated."""
+    array = labels.cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    if array.dtype.kind in "iu" and array.dtype != np.uint64:
+        return array
+    if array.dtype.kind not in "fb" or (array.dtype.kind == "f" and not (
+            np.all(np.isfinite(array)) and np.array_equal(array, np.round(array)))):
+        raise ValueError(f"a label map must hold whole numbers, got dtype {array.dtype}")
+    info = np.iinfo(np.int32)
+    fits = not array.size or (array.min() >= info.min and array.max() <= info.max)
+    return array.astype(np.int32 if fits else np.int64)
 
 
 def _as_volume_tensor(volume: np.ndarray | Tensor, device: torch.device | str) -> Tensor:

@@ -30,7 +30,7 @@ class Pair:
     """Called after each NIO_m stage with its name and best field (e.g. to score stages, benchmarks/)."""
     smoothing: Callable[[Tensor], Tensor] | None = None
     """Optional deformation model applied to every field a method produces before it is evaluated and
-    returned (e.g. :class:`nioreg.lung.BSplineSmoothing`, the B-spline-like filter of Siebert et al. 2021).
+    returned (e.g. :class:`nioreg.spatial.BSplineSmoothing`, the B-spline-like filter of Siebert et al. 2021).
     Must be differentiable (it sits inside the optimisation) and map (1, 3, D, H, W) to the same shape."""
 
     precision: str = "fp32"

@@ -3,8 +3,11 @@
 The networks work in the OFFICIAL LapIRN field convention (normalised ``[-1, 1]`` units,
 ``align_corners=True``, channel 0 along the last array axis); :func:`official_to_voxel` and
 :func:`voxel_to_official` convert to and from nioreg's voxel convention (docs/conventions.md).
+:func:`pyramid_downsample` is one step of the networks' image pyramid (the official average pooling), for
+code that needs a level's images exactly as the network sees them (e.g. the training loss).
 """
 
+from ._official_ops import downsample as pyramid_downsample
 from .files import (
     FORMAT,
     FORMAT_VERSION,
@@ -28,6 +31,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "official_to_voxel",
     "voxel_to_official",
+    "pyramid_downsample",
     "save_model",
     "load_model",
     "import_official",

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..io.write import atomic_write
+from ..io.write import atomic_write, plain_values
 from .lapirn import LapIRN, normalise_config
 
 __all__ = [
@@ -78,30 +78,6 @@ def official_config(variant: str, start_channel: int = 7, **overrides: Any) -> d
 # ---------------------------------------------------------------------------------------------
 # saving
 # ---------------------------------------------------------------------------------------------
-def _plain(value: Any, where: str) -> Any:
-    """Metadata as plain values (loadable with weights_only=True and JSON-like).
-
-    Subclasses of str/int/float (e.g. ``torch.__version__``, a ``TorchVersion``) become the base type, because
-    ``torch.load(weights_only=True)`` refuses any other class; tuples become lists.
-    """
-    if value is None or isinstance(value, bool):
-        return value
-    for base in (str, int, float):
-        if isinstance(value, base):
-            return base(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ValueError(f"metadata keys must be strings, got {k!r} in {where}")
-            out[str(k)] = _plain(v, f"{where}[{k!r}]")
-        return out
-    raise ValueError(f"metadata must hold only plain values (str, int, float, bool, None, list, dict); "
-                     f"{where} is a {type(value).__name__}")
-
-
 def save_model(model: LapIRN, path: str | os.PathLike, *, metadata: dict | None = None) -> None:
     """Write ``model`` (config + weights + metadata) to ONE nioreg model file, atomically.
 
@@ -111,7 +87,7 @@ def save_model(model: LapIRN, path: str | os.PathLike, *, metadata: dict | None 
     """
     if not isinstance(model, LapIRN):
         raise TypeError(f"save_model expects a nioreg LapIRN, got {type(model).__name__}")
-    meta = _plain(dict(model.metadata if metadata is None else metadata), "metadata")
+    meta = plain_values(dict(model.metadata if metadata is None else metadata), "metadata")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -1,9 +1,11 @@
 """Spatial operations in nioreg's single convention: voxel-unit pull displacements, array axis order.
 
 See docs/conventions.md. Files and network outputs are converted into this convention at the edges
-(`nioreg.io`, `nioreg.models`); everything here assumes it.
+(`nioreg.io`, `nioreg.models`); everything here assumes it. Deformation models (:mod:`.deformation`, e.g.
+:class:`BSplineSmoothing`) restrict the fields a method may produce, for any protocol.
 """
 
+from .deformation import SMOOTHING_NAMES, BSplineSmoothing, resolve_smoothing
 from .transform import (
     as_batched,
     compose,
@@ -20,6 +22,9 @@ from .transform import (
 )
 
 __all__ = [
+    "BSplineSmoothing",
+    "SMOOTHING_NAMES",
+    "resolve_smoothing",
     "as_batched",
     "compose",
     "identity_grid",

@@ -86,10 +86,24 @@ def warp(moving: Tensor, disp: Tensor, mode: str = "bilinear", padding_mode: str
 
 
 def warp_labels(labels: Tensor, disp: Tensor) -> Tensor:
-    """Warp an integer label map with nearest-neighbour sampling (labels are never blended)."""
+    """Warp an integer label map with nearest-neighbour sampling (labels are never blended).
+
+    The values are gathered, never converted to floating point, so every label code survives exactly
+    (float32 holds integers only up to 2**24). The neighbour chosen is grid_sample's ``nearest`` with border
+    padding: the position rounded half to even and clamped to the volume.
+    """
     labels = as_batched(labels)
-    warped = warp(labels.to(torch.float32 if disp.dtype != torch.float64 else disp.dtype), disp, mode="nearest")
-    return warped.round().to(labels.dtype)
+    disp = as_batched(disp, 3)
+    positions = identity_grid(disp.shape[2:], disp.device, disp.dtype) + disp
+    grid = _to_grid_sample_coords(positions, labels.shape[2:])  # the very coordinates warp() gives grid_sample
+    sizes = labels.shape[2:]
+    index = torch.zeros(grid.shape[:-1], dtype=torch.long, device=grid.device)
+    for axis, size in enumerate(sizes):
+        unnormalised = (grid[..., 2 - axis] + 1) / 2 * (size - 1)  # grid_sample's own arithmetic (align_corners)
+        index = index * size + torch.round(unnormalised).clamp_(0, size - 1).long()
+    batch, channels = labels.shape[:2]
+    flat = index.reshape(index.shape[0], 1, -1).expand(batch, channels, -1)
+    return torch.gather(labels.reshape(batch, channels, -1), 2, flat).reshape(batch, channels, *disp.shape[2:])
 
 
 def compose(first: Tensor, second: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ _EXPORTS = {
     "PairSampler": "trainer",
     "TrainConfig": "trainer",
     "TrainHistory": "trainer",
+    "TrainHooks": "trainer",
+    "Trainer": "trainer",
     "level_loss": "trainer",
     "lncc_window": "trainer",
     "load_checkpoint": "trainer",

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from ..console import fail, user_errors
+from ..io.ct_windows import CT_WINDOWS
 from ..defaults import DEFAULT_LAMBDA
+
+if TYPE_CHECKING:  # imported when the command runs (keeps `nioreg --help` fast)
+    from ..io.preprocess import Preprocessing
 
 __all__ = ["train_command", "CT_WINDOW_NAMES"]
 
-CT_WINDOW_NAMES = ("lung", "mediastinum", "soft-tissue", "abdomen", "bone", "brain")
+CT_WINDOW_NAMES = tuple(CT_WINDOWS)
 """The CT window presets of :data:`nioreg.io.preprocess.CT_WINDOWS` (listed here to keep imports light)."""
 
 
@@ -34,7 +38,6 @@ def _numbers(text: Optional[str], name: str, kind=float, count: tuple[int, ...] 
     if len(values) not in count:
         raise InputError(f"{name} takes {' or '.join(map(str, count))} value(s), got {text!r}")
     return values
-
 
 
 def train_command(
@@ -77,24 +80,14 @@ def train_command(
 ) -> None:
     """Train LapIRN / conditional LapIRN from scratch (unsupervised, coarse to fine); torchrun-ready."""
     from ..io import InputError
-    from ..io.preprocess import Preprocessing
-    from ..models import ModelFileError
     from .data import expand_subjects
-    from .run import OUTPUT_FILES, TrainOptions, run_training
+    from .run import TrainOptions, run_training
     from .trainer import TrainConfig
 
     try:
         its = _numbers(iterations, "--iterations", int, (3,))
         lam_range = _numbers(lambda_range, "--lambda-range", float, (2,))
-        pct = None if percentiles.strip().lower() == "none" else _numbers(percentiles, "--percentiles", float, (2,))
-        window_spec: Any = None
-        if ct_window is not None:
-            text = ct_window.strip()
-            numeric = text.replace(",", "").replace(".", "").replace("-", "").replace("+", "").replace(" ", "").isdigit()
-            window_spec = _numbers(text, "--ct-window", float, (2,)) if numeric else text
-        prep = Preprocessing(orientation=orientation, spacing=_numbers(spacing, "--spacing"),
-                             shape=_numbers(shape, "--shape", int, (1, 3)), percentiles=pct, ct_window=window_spec,
-                             antialias=antialias)
+        prep = _preprocessing(orientation, spacing, shape, percentiles, ct_window, antialias)
         config = TrainConfig(iterations=its, lr=lr, lam=lam, lambda_range=lam_range, seed=seed, log_every=log_every,
                              window=window, freeze_steps=freeze_steps, checkpoint_every=checkpoint_every,
                              val_every=val_every, deterministic=deterministic)
@@ -112,12 +105,35 @@ def train_command(
         fail(str(error))
         return
     if int(os.environ.get("RANK", "0")) == 0:
-        best = summary.get("best")
-        last = summary.get("last_log") or {}
-        line = f"{summary['status']} at step {summary['global_step']} in {summary['seconds']:.1f} s"
-        if last:
-            line += f", loss {last.get('loss', float('nan')):.4f}"
-        if best:
-            line += f", best validation Dice {best['dice']:.3f} (step {best['global_step']})"
-        typer.echo(line)
-        typer.echo(f"wrote {out / (OUTPUT_FILES['model'] if summary['status'] == 'completed' else OUTPUT_FILES['checkpoint'])}")
+        _print_outcome(summary, out)
+
+
+def _preprocessing(orientation: Optional[str], spacing: Optional[str], shape: Optional[str], percentiles: str,
+                   ct_window: Optional[str], antialias: bool) -> Preprocessing:
+    """The :class:`~nioreg.io.preprocess.Preprocessing` of the preprocessing options (``InputError`` if malformed)."""
+    from ..io.preprocess import Preprocessing
+
+    pct = None if percentiles.strip().lower() == "none" else _numbers(percentiles, "--percentiles", float, (2,))
+    window_spec: Any = None
+    if ct_window is not None:
+        text = ct_window.strip()
+        numeric = text.replace(",", "").replace(".", "").replace("-", "").replace("+", "").replace(" ", "").isdigit()
+        window_spec = _numbers(text, "--ct-window", float, (2,)) if numeric else text
+    return Preprocessing(orientation=orientation, spacing=_numbers(spacing, "--spacing"),
+                         shape=_numbers(shape, "--shape", int, (1, 3)), percentiles=pct, ct_window=window_spec,
+                         antialias=antialias)
+
+
+def _print_outcome(summary: dict, out: Path) -> None:
+    """One line on how the run ended (loss, best validation Dice), one on the file it wrote."""
+    from .run import OUTPUT_FILES
+
+    best = summary.get("best")
+    last = summary.get("last_log") or {}
+    line = f"{summary['status']} at step {summary['global_step']} in {summary['seconds']:.1f} s"
+    if last:
+        line += f", loss {last.get('loss', float('nan')):.4f}"
+    if best:
+        line += f", best validation Dice {best['dice']:.3f} (step {best['global_step']})"
+    typer.echo(line)
+    typer.echo(f"wrote {out / (OUTPUT_FILES['model'] if summary['status'] == 'completed' else OUTPUT_FILES['checkpoint'])}")

@@ -8,6 +8,10 @@ Writes into ``--out``: ``model.pt`` (final network; its metadata records the pre
 configuration, the data list and provenance), ``best.pt`` (highest validation Dice at level 3, when there is
 validation data), ``checkpoint.pt`` (for ``--resume``), ``log.csv`` (losses and validation Dice),
 ``run.json`` (configuration, data, provenance, outcome) and, with ``--tensorboard``, ``tensorboard/``.
+
+Steps of :func:`run_training`: check the options, join the process group (torchrun), read and preprocess
+the data (:func:`_load_data`), then build, train and save the network (:func:`_train_and_save`); every rank
+leaves the process group together at the end.
 """
 
 from __future__ import annotations
@@ -17,15 +21,19 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import typer
 
 from ..io import InputError, read_dataset, write_json_atomic
 from ..io.preprocess import Preprocessing
+from ..io.write import plain_values
 from ..models import LapIRN, build_model, save_model
-from .trainer import TrainConfig, load_checkpoint, train
+from .trainer import TrainConfig, TrainHistory, load_checkpoint, train
+
+if TYPE_CHECKING:  # the data code is imported when a run starts
+    from .data import PairPool, Sample, ValidationSet
 
 __all__ = ["TrainOptions", "run_training", "OUTPUT_FILES"]
 
@@ -141,26 +149,21 @@ def _provenance(device: torch.device, seed: int, world: int) -> dict:
     info = provenance(str(device), seed)
     info["world_size"] = world
     info["distributed_backend"] = None if world == 1 else ("nccl" if device.type == "cuda" else "gloo")
-    return _plain(info)
+    return _plain_metadata(info)
 
 
-def _plain(obj: Any) -> Any:
-    """Plain JSON types only (e.g. torch's TorchVersion -> str), as model-file metadata must hold."""
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
+def _plain_metadata(obj: Any) -> Any:
+    """Plain values only, anything else as its text (e.g. a Path), as model-file metadata must hold."""
+    return plain_values(obj, "metadata", other=str)
 
 
 def _record_list(samples) -> list[dict]:
     return [{"subject": s.subject, "image": s.path, "group": s.group} for s in samples]
 
 
-def run_training(opts: TrainOptions) -> dict:
-    """Train as ``nioreg train`` does; returns the run summary (also written to ``run.json`` by rank 0)."""
-    from .data import PairPool, ValidationSet, check_shapes, load_atlas, load_samples, split_records
-
+def _check_options(opts: TrainOptions) -> None:
+    """Refuse bad options before anything is read: an --out of another run, unknown network choices."""
     out = Path(opts.out)
-    ckpt = out / OUTPUT_FILES["checkpoint"]
     if out.exists() and not out.is_dir():
         raise InputError(f"--out '{out}': exists and is not a folder")
     if not opts.resume:
@@ -168,7 +171,6 @@ def run_training(opts: TrainOptions) -> dict:
             if (out / OUTPUT_FILES[name]).exists():
                 raise InputError(f"--out '{out}' already holds {OUTPUT_FILES[name]}; pass --resume to continue "
                                  "that run, or choose another --out")
-    cfg, prep = opts.config, opts.preprocessing
     if opts.variant not in ("disp", "diff"):
         raise InputError(f"--variant must be disp or diff, got {opts.variant!r}")
     if opts.lite and not opts.conditional:
@@ -176,137 +178,223 @@ def run_training(opts: TrainOptions) -> dict:
     if opts.start_channel < 1:
         raise InputError(f"--start-channel must be >= 1, got {opts.start_channel}")
 
+
+@dataclass
+class _RunData:
+    """The preprocessed images of a run and what is drawn from them."""
+
+    train: list[Sample]
+    val: list[Sample]
+    atlas: Optional[Sample]
+    shape: tuple[int, int, int]
+    pool: PairPool
+    validation: Optional[ValidationSet]
+
+    def describe(self, opts: TrainOptions) -> dict:
+        """The data part of the run's record (and of the checkpoint fingerprint)."""
+        with_atlas = self.train + ([self.atlas] if self.atlas else [])
+        return {
+            "dataset": str(opts.data),
+            "mode": "atlas" if self.atlas is not None else ("pairwise-within-group" if opts.pair_within_group
+                                                            else "pairwise"),
+            "atlas": None if self.atlas is None else {"subject": self.atlas.subject, "image": self.atlas.path},
+            "train": _record_list(self.train),
+            "validation": _record_list(self.val),
+            "validation_pairs": [] if self.validation is None else self.validation.describe(),
+            "use_masks": opts.use_masks and any(s.mask is not None for s in with_atlas),
+            "image_shape": list(self.shape),
+        }
+
+
+def _read_records(opts: TrainOptions) -> tuple[list, list, list]:
+    """All records of --data, and the training and validation records (--val, --*-subjects, splits)."""
+    from .data import split_records
+
+    records = read_dataset(opts.data)
+    train_records, val_records = split_records(records, train_subjects=opts.train_subjects,
+                                                val_subjects=None if opts.val else opts.val_subjects)
+    if opts.val is not None:
+        val_all = read_dataset(opts.val)
+        if opts.val_subjects:
+            from ..io import select
+            val_records = select(val_all, opts.val_subjects)
+        else:
+            val_records = val_all
+    return records, train_records, val_records
+
+
+def _load_atlas_sample(opts: TrainOptions, known_records: list) -> Optional[Sample]:
+    """The --atlas image: a subject of the datasets or an image file (with --atlas-labels); None without."""
+    from .data import load_atlas, load_samples
+
+    prep = opts.preprocessing
+    if opts.atlas is None:
+        if opts.atlas_labels is not None:
+            raise InputError("--atlas-labels needs --atlas")
+        return None
+    known = {r.subject: r for r in known_records}
+    if opts.atlas in known:
+        atlas_sample = load_samples([known[opts.atlas]], prep, labels=True, mask=opts.use_masks)[0]
+        if opts.atlas_labels is not None:
+            atlas_sample.labels = prep.load_labels(opts.atlas_labels, _grid_of(atlas_sample),
+                                                   role="atlas label map").array
+        return atlas_sample
+    if Path(opts.atlas).is_file():
+        return load_atlas(opts.atlas, prep, opts.atlas_labels)
+    raise InputError(f"--atlas '{opts.atlas}': neither a subject of the dataset nor an image file")
+
+
+def _validation_set(opts: TrainOptions, val_samples: list[Sample], atlas_sample: Optional[Sample],
+                    device: torch.device) -> Optional[ValidationSet]:
+    """The validation pairs (None without validation images; ``InputError`` when none has labels)."""
+    from .data import ValidationSet
+
+    if not val_samples:
+        return None
+    validation = ValidationSet.build(val_samples, atlas=atlas_sample, within_group=opts.pair_within_group,
+                                     max_pairs=opts.val_pairs, lam=opts.config.lam, device=device)
+    if not len(validation):
+        labelled = sum(s.labels is not None for s in val_samples)
+        if atlas_sample is not None:
+            need = "label maps for the atlas (--atlas-labels) and the validation images"
+        else:
+            need = ("at least 2 validation images with label maps (pairs among them"
+                    + (" within one group" if opts.pair_within_group else "") + ")")
+        raise InputError(f"validation needs {need}; {labelled} of {len(val_samples)} validation images "
+                         "have label maps")
+    return validation
+
+
+def _load_data(opts: TrainOptions, device: torch.device) -> _RunData:
+    """Read, split and preprocess the images; the training pair pool and the validation set."""
+    from .data import PairPool, check_shapes, load_samples
+
+    records, train_records, val_records = _read_records(opts)
+    atlas_sample = _load_atlas_sample(opts, list(records) + list(val_records))
+    if not train_records:
+        raise InputError(f"dataset '{opts.data}': no training records (all are split=val/test or excluded)")
+    train_samples = load_samples(train_records, opts.preprocessing, mask=opts.use_masks)
+    val_samples = load_samples(val_records, opts.preprocessing, labels=True)
+    shape = check_shapes(train_samples + val_samples + ([atlas_sample] if atlas_sample else []))
+    pool = PairPool(train_samples, atlas=atlas_sample, within_group=opts.pair_within_group,
+                    use_masks=opts.use_masks)
+    return _RunData(train_samples, val_samples, atlas_sample, shape, pool,
+                    _validation_set(opts, val_samples, atlas_sample, device))
+
+
+def _run_info(opts: TrainOptions, data_info: dict, device: torch.device, world: int) -> dict:
+    """What model files and run.json record about the run: preprocessing, training, data, provenance."""
+    cfg, prep = opts.config, opts.preprocessing
+    return {
+        "description": f"nioreg {'conditional ' if opts.conditional else ''}LapIRN ({opts.variant}) trained "
+                       f"from scratch with nioreg train",
+        "preprocessing": prep.to_dict(),
+        "preprocessing_text": prep.describe(),
+        "network_input_shape": [int(math.ceil(n / 8) * 8) for n in data_info["image_shape"]],
+        "training": {**cfg.to_dict(), "objective": "(1 - lambda) * LNCC + lambda * diffusion (half-voxel units)",
+                     "optimizer": "Adam", "schedule": "coarse to fine: level 1, level 2, level 3",
+                     "conditional_lambda": "uniform in lambda_range per step" if opts.conditional else None,
+                     "stop_after": opts.stop_after},
+        "data": data_info,
+        "provenance": _provenance(device, cfg.seed, world),
+    }
+
+
+class _RunLog:
+    """The ``on_log`` of rank 0: ``log.csv`` and, with --tensorboard, the TensorBoard scalars."""
+
+    def __init__(self, out: Path, resume: bool, tensorboard: bool) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt = out / OUTPUT_FILES["checkpoint"]
+        resume_step = load_checkpoint(ckpt)["global_step"] if (resume and ckpt.is_file()) else None
+        self.csv = CsvLog(out / OUTPUT_FILES["log"], resume_step)
+        self.writer = _tensorboard_writer(out / OUTPUT_FILES["tensorboard"]) if tensorboard else None
+
+    def __call__(self, row: dict) -> None:
+        self.csv(row)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key not in ("level", "step", "global_step") and isinstance(value, float):
+                    self.writer.add_scalar(key, value, row["global_step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _announce(opts: TrainOptions, data: _RunData, data_info: dict, world: int, device: torch.device) -> None:
+    typer.echo(f"nioreg train: {data_info['mode']}, {len(data.train)} training images, "
+               f"{0 if data.validation is None else len(data.validation)} validation pairs, shape "
+               f"{'x'.join(map(str, data.shape))}, {world} process(es) on {device}; "
+               f"preprocessing: {opts.preprocessing.describe()}", err=True)
+
+
+def _summary(history: TrainHistory, run_info: dict, out: Path) -> dict:
+    """The run's outcome as returned by :func:`run_training` and written to ``run.json``."""
+    return {**run_info, "status": "completed" if history.completed else "stopped",
+            "global_step": history.global_step, "seconds": history.seconds, "best": history.best,
+            "last_log": next((r for r in reversed(history.rows) if "loss" in r), None),
+            "outputs": {k: str(out / v) for k, v in OUTPUT_FILES.items()}}
+
+
+def _save_outputs(model: LapIRN, history: TrainHistory, run_info: dict, summary: dict, out: Path) -> None:
+    """Rank 0: the final ``model.pt`` (when completed) and ``run.json``."""
+    if history.completed:
+        final_meta = {**run_info, "seconds": history.seconds, "best_validation": history.best,
+                      "final_loss": summary["last_log"]}
+        save_model(model, out / OUTPUT_FILES["model"], metadata=_plain_metadata(final_meta))
+    write_json_atomic(out / OUTPUT_FILES["run"], summary)
+
+
+def _train_and_save(opts: TrainOptions, data: _RunData, device: torch.device, dist_info: _Dist) -> dict:
+    """Build the network, train it on ``data`` (resuming when asked), write the outputs; the summary."""
+    out, cfg = Path(opts.out), opts.config
+    torch.manual_seed(cfg.seed)
+    model = build_model(opts.variant, start_channel=opts.start_channel, conditional=opts.conditional,
+                        lite=opts.lite)
+    data_info = data.describe(opts)
+    fingerprint = {"data": data_info, "preprocessing": opts.preprocessing.to_dict(), "device_type": device.type}
+    run_info = _run_info(opts, data_info, device, dist_info.world)
+    run_log = _RunLog(out, opts.resume, opts.tensorboard) if dist_info.rank == 0 else None
+    if opts.progress and dist_info.rank == 0:
+        _announce(opts, data, data_info, dist_info.world, device)
+
+    def on_best(net: LapIRN, best: dict) -> None:
+        save_model(net, out / OUTPUT_FILES["best"],
+                   metadata=_plain_metadata({**run_info, "selected": {"by": "validation dice", **best}}))
+
+    # `train` is looked up in this module at call time (the DDP test wraps it)
+    history = train(model, data.pool, cfg, device, run_log, checkpoint_path=out / OUTPUT_FILES["checkpoint"],
+                    resume=opts.resume, fingerprint=fingerprint, validate=data.validation,
+                    on_best=on_best if data.validation else None, stop_after=opts.stop_after,
+                    progress=opts.progress)
+    summary = _summary(history, run_info, out)
+    if run_log is not None:  # rank 0
+        _save_outputs(model, history, run_info, summary, out)
+        run_log.close()
+    return summary
+
+
+def _leave_distributed(dist_info: _Dist) -> None:
+    """Wait for every rank, then end the process group if this run created it."""
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            if dist_info.created:
+                dist.destroy_process_group()
+
+
+def run_training(opts: TrainOptions) -> dict:
+    """Train as ``nioreg train`` does; returns the run summary (also written to ``run.json`` by rank 0)."""
+    _check_options(opts)
     dist_info, device = _init_distributed(opts.device)
     try:
-        # ------------------------------------------------------------------ data
-        records = read_dataset(opts.data)
-        train_records, val_records = split_records(records, train_subjects=opts.train_subjects,
-                                                    val_subjects=None if opts.val else opts.val_subjects)
-        if opts.val is not None:
-            val_all = read_dataset(opts.val)
-            if opts.val_subjects:
-                from ..io import select
-                val_records = select(val_all, opts.val_subjects)
-            else:
-                val_records = val_all
-        atlas_sample = None
-        if opts.atlas is not None:
-            known = {r.subject: r for r in list(records) + list(val_records)}
-            if opts.atlas in known:
-                atlas_sample = load_samples([known[opts.atlas]], prep, labels=True, mask=opts.use_masks)[0]
-                if opts.atlas_labels is not None:
-                    atlas_sample.labels = prep.load_labels(opts.atlas_labels, _grid_of(atlas_sample),
-                                                           role="atlas label map").array
-            elif Path(opts.atlas).is_file():
-                atlas_sample = load_atlas(opts.atlas, prep, opts.atlas_labels)
-            else:
-                raise InputError(f"--atlas '{opts.atlas}': neither a subject of the dataset nor an image file")
-        elif opts.atlas_labels is not None:
-            raise InputError("--atlas-labels needs --atlas")
-        if not train_records:
-            raise InputError(f"dataset '{opts.data}': no training records (all are split=val/test or excluded)")
-        train_samples = load_samples(train_records, prep, mask=opts.use_masks)
-        val_samples = load_samples(val_records, prep, labels=True)
-        shape = check_shapes(train_samples + val_samples + ([atlas_sample] if atlas_sample else []))
-        pool = PairPool(train_samples, atlas=atlas_sample, within_group=opts.pair_within_group,
-                        use_masks=opts.use_masks)
-        validation = None
-        if val_samples:
-            validation = ValidationSet.build(val_samples, atlas=atlas_sample, within_group=opts.pair_within_group,
-                                             max_pairs=opts.val_pairs, lam=cfg.lam, device=device)
-            if not len(validation):
-                labelled = sum(s.labels is not None for s in val_samples)
-                if atlas_sample is not None:
-                    need = "label maps for the atlas (--atlas-labels) and the validation images"
-                else:
-                    need = ("at least 2 validation images with label maps (pairs among them"
-                            + (" within one group" if opts.pair_within_group else "") + ")")
-                raise InputError(f"validation needs {need}; {labelled} of {len(val_samples)} validation images "
-                                 "have label maps")
-
-        # ------------------------------------------------------------------ model
-        torch.manual_seed(cfg.seed)
-        model = build_model(opts.variant, start_channel=opts.start_channel, conditional=opts.conditional,
-                            lite=opts.lite)
-        data_info = {
-            "dataset": str(opts.data),
-            "mode": "atlas" if atlas_sample is not None else ("pairwise-within-group" if opts.pair_within_group
-                                                            else "pairwise"),
-            "atlas": None if atlas_sample is None else {"subject": atlas_sample.subject, "image": atlas_sample.path},
-            "train": _record_list(train_samples),
-            "validation": _record_list(val_samples),
-            "validation_pairs": [] if validation is None else validation.describe(),
-            "use_masks": opts.use_masks and any(s.mask is not None
-                                                for s in train_samples + ([atlas_sample] if atlas_sample else [])),
-            "image_shape": list(shape),
-        }
-        fingerprint = {"data": data_info, "preprocessing": prep.to_dict(), "device_type": device.type}
-        run_info: dict[str, Any] = {
-            "description": f"nioreg {'conditional ' if opts.conditional else ''}LapIRN ({opts.variant}) trained "
-                           f"from scratch with nioreg train",
-            "preprocessing": prep.to_dict(),
-            "preprocessing_text": prep.describe(),
-            "network_input_shape": [int(math.ceil(n / 8) * 8) for n in shape],
-            "training": {**cfg.to_dict(), "objective": "(1 - lambda) * LNCC + lambda * diffusion (half-voxel units)",
-                         "optimizer": "Adam", "schedule": "coarse to fine: level 1, level 2, level 3",
-                         "conditional_lambda": "uniform in lambda_range per step" if opts.conditional else None,
-                         "stop_after": opts.stop_after},
-            "data": data_info,
-            "provenance": _provenance(device, cfg.seed, dist_info.world),
-        }
-
-        # ------------------------------------------------------------------ logging (rank 0)
-        on_log: Callable[[dict], None] | None = None
-        writer = None
-        if dist_info.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            resume_step = load_checkpoint(ckpt)["global_step"] if (opts.resume and ckpt.is_file()) else None
-            csv_log = CsvLog(out / OUTPUT_FILES["log"], resume_step)
-            if opts.tensorboard:
-                writer = _tensorboard_writer(out / OUTPUT_FILES["tensorboard"])
-
-            def on_log(row: dict) -> None:
-                csv_log(row)
-                if writer is not None:
-                    for key, value in row.items():
-                        if key not in ("level", "step", "global_step") and isinstance(value, float):
-                            writer.add_scalar(key, value, row["global_step"])
-                    writer.flush()
-        if opts.progress and dist_info.rank == 0:
-            typer.echo(f"nioreg train: {data_info['mode']}, {len(train_samples)} training images, "
-                       f"{0 if validation is None else len(validation)} validation pairs, shape "
-                       f"{'x'.join(map(str, shape))}, {dist_info.world} process(es) on {device}; "
-                       f"preprocessing: {prep.describe()}", err=True)
-
-        def on_best(net: LapIRN, best: dict) -> None:
-            save_model(net, out / OUTPUT_FILES["best"],
-                       metadata=_plain({**run_info, "selected": {"by": "validation dice", **best}}))
-
-        history = train(model, pool, cfg, device, on_log, checkpoint_path=ckpt, resume=opts.resume,
-                        fingerprint=fingerprint, validate=validation, on_best=on_best if validation else None,
-                        stop_after=opts.stop_after, progress=opts.progress)
-
-        summary = {**run_info, "status": "completed" if history.completed else "stopped",
-                   "global_step": history.global_step, "seconds": history.seconds, "best": history.best,
-                   "last_log": next((r for r in reversed(history.rows) if "loss" in r), None),
-                   "outputs": {k: str(out / v) for k, v in OUTPUT_FILES.items()}}
-        if dist_info.rank == 0:
-            if history.completed:
-                final_meta = {**run_info, "seconds": history.seconds, "best_validation": history.best,
-                              "final_loss": summary["last_log"]}
-                save_model(model, out / OUTPUT_FILES["model"], metadata=_plain(final_meta))
-            write_json_atomic(out / OUTPUT_FILES["run"], summary)
-            if writer is not None:
-                writer.close()
-        return summary
+        return _train_and_save(opts, _load_data(opts, device), device, dist_info)
     finally:
-        if dist_info.world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.barrier()
-                if dist_info.created:
-                    dist.destroy_process_group()
+        _leave_distributed(dist_info)
 
 
 def _grid_of(sample):

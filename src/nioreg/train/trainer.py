@@ -24,6 +24,10 @@ Distributed data parallel: when a ``torch.distributed`` process group is initial
 levels' parameters requiring gradients (so no parameter is unused); each rank draws its own pairs
 (seeded by rank), gradients are averaged, and only rank 0 writes checkpoints and calls the logging,
 validation and best-model callbacks.
+
+Code: :func:`train` is a thin wrapper around :class:`Trainer`, which holds what the parts of a run share
+(position, running log sums, validation best, history) and has one method per part of the loop: resume,
+a level, a step, logging, validation and checkpoints.
 """
 
 from __future__ import annotations
@@ -42,12 +46,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..io import InputError
-from ..losses import registration_loss
-from ..models import LapIRN, official_to_voxel
-from ..models import _official_ops as network_ops
-from ..spatial import warp
 from ..defaults import DEFAULT_LAMBDA
+from ..io import InputError
+from ..io.write import atomic_write, plain_values
+from ..losses import registration_loss
+from ..models import LapIRN, official_to_voxel, pyramid_downsample
+from ..spatial import warp
 
 PairSampler = Callable[[np.random.Generator], tuple]
 """Returns ``(fixed, moving)`` or ``(fixed, moving, fixed_mask)``: (1, 1, D, H, W) tensors, images in [0, 1],
@@ -124,7 +128,7 @@ def lncc_window(window: int, shape: Sequence[int]) -> int:
 def level_images(fixed: Tensor, moving: Tensor, level: int) -> tuple[Tensor, Tensor]:
     """The fixed/moving images at pyramid level ``level`` exactly as the network sees them."""
     for _ in range(3 - level):
-        fixed, moving = network_ops.downsample(fixed), network_ops.downsample(moving)
+        fixed, moving = pyramid_downsample(fixed), pyramid_downsample(moving)
     return fixed, moving
 
 
@@ -147,7 +151,7 @@ def level_loss(model: nn.Module, fixed: Tensor, moving: Tensor, level: int, lam:
     if mask is not None:
         weights = mask.to(fixed.dtype)
         for _ in range(3 - level):
-            weights = network_ops.downsample(weights)
+            weights = pyramid_downsample(weights)
         if not bool(weights.sum() > 0):
             weights = None
     return registration_loss(fixed_l, warp(moving_l, disp), disp, lam=lam,
@@ -168,25 +172,13 @@ def _world() -> tuple[int, int]:
 def _rng_state(device: torch.device) -> dict:
     state = {
         "torch": torch.get_rng_state(),
-        "python": _plain(random.getstate()),
-        "numpy": _plain(np.random.get_state(legacy=False)),
+        # plain lists, so that the checkpoint loads with weights_only=True
+        "python": plain_values(random.getstate(), "python RNG state"),
+        "numpy": plain_values(np.random.get_state(legacy=False), "numpy RNG state"),
     }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
-
-
-def _plain(obj: Any) -> Any:
-    """numpy arrays/tuples -> lists so the state loads with ``weights_only=True``."""
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def _tuples(obj: Any) -> Any:
@@ -207,19 +199,14 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """Write a training checkpoint atomically (temporary file in the same folder, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -254,6 +241,267 @@ def _set_active_levels(model: LapIRN, level: int) -> None:
     for lvl in (1, 2, 3):
         for p in model.level_parameters(lvl):
             p.requires_grad_(lvl <= level)
+
+
+_RUNNING_KEYS = ("n", "loss", "similarity", "regularisation", "lambda")
+"""The running log sums (checkpointed): ``n`` steps since the last log row and the sums of their values."""
+
+_NOT_IN_IDENTITY = ("log_every", "checkpoint_every", "val_every")
+"""Options that do not change the weights, so a resumed run may change them."""
+
+
+def _zero_running() -> dict:
+    return {k: 0 if k == "n" else 0.0 for k in _RUNNING_KEYS}
+
+
+@dataclass
+class TrainHooks:
+    """The callbacks of a run (all optional, all called on rank 0 only); see :func:`train`."""
+
+    on_log: Callable[[dict], None] | None = None
+    validate: Validator | None = None
+    on_best: Callable[[LapIRN, dict], None] | None = None
+    on_checkpoint: Callable[[dict], None] | None = None
+
+
+class Trainer:
+    """One training run: ``Trainer(...).run(resume)`` is what :func:`train` does (same arguments).
+
+    The object holds what the parts of the loop share: where the run starts (``start_level``,
+    ``start_step``, possibly from a checkpoint), the running log sums, the history (rows, validation best,
+    global step) and the time already spent before a resume. A checkpoint is a snapshot of that state plus
+    the weights, the optimiser and the RNG states of every rank.
+    """
+
+    def __init__(self, model: LapIRN, sample_pair: PairSampler, config: TrainConfig | None = None,
+                 device: str | torch.device = "cpu", hooks: TrainHooks | None = None, *,
+                 checkpoint_path: str | os.PathLike | None = None, fingerprint: Mapping[str, Any] | None = None,
+                 stop_after: int | None = None, progress: bool = False) -> None:
+        self.model = model
+        self.sample_pair = sample_pair
+        self.cfg = config or TrainConfig()
+        self.device = torch.device(device)
+        self.hooks = hooks or TrainHooks()
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.stop_after = stop_after
+        self.progress = progress
+        self.rank, self.world = _world()
+        self.conditional = bool(model.config["conditional"])
+        self.iterations = list(self.cfg.iterations)
+        self.offsets = [sum(self.iterations[:k]) for k in range(3)]  # global steps before each level
+        self.total_steps = sum(self.iterations)
+        # What must match on resume, as plain values (what a checkpoint round trip gives back)
+        self.identity = plain_values({
+            "config": {k: v for k, v in self.cfg.to_dict().items() if k not in _NOT_IN_IDENTITY},
+            "model_config": model.config, "world_size": self.world, "fingerprint": dict(fingerprint or {}),
+        }, "identity", other=str)
+        self.history = TrainHistory()
+        self.start_level, self.start_step = 1, 0
+        self.optimizer_state: dict | None = None
+        self.running = _zero_running()
+        self.elapsed_before = 0.0
+        self.started = time.perf_counter()
+        self.bar: Any = None
+
+    # ----------------------------------------------------------------------------------------- the run
+    def run(self, resume: bool = False) -> TrainHistory:
+        """Seed, continue from the checkpoint when ``resume`` and it exists, train the remaining steps."""
+        self._seed()
+        self.model.to(self.device)
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            self._resume(load_checkpoint(self.checkpoint_path))
+        self.started = time.perf_counter()
+        self.bar = self._progress_bar()
+        self.model.train()
+        try:
+            self.history.completed = not self._train_levels()
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            for p in self.model.parameters():
+                p.requires_grad_(True)
+        self.model.eval()
+        self.history.seconds = self._seconds()
+        return self.history
+
+    def _seed(self) -> None:
+        """Seed every global generator per rank (a resume then restores the states saved in the checkpoint)."""
+        cfg = self.cfg
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        random.seed(cfg.seed + self.rank)
+        np.random.seed((cfg.seed + self.rank) % (1 << 32))
+        torch.manual_seed(cfg.seed + self.rank)
+
+    def _resume(self, ckpt: dict) -> None:
+        """Take over the state saved in ``ckpt`` (``InputError`` when it belongs to another run)."""
+        diff = _differences(ckpt["identity"], self.identity)
+        if diff:
+            raise InputError(f"checkpoint '{self.checkpoint_path}' belongs to a different run: {', '.join(diff[:6])} "
+                             "differ; resume with the same options (or choose another --out)")
+        self.model.load_state_dict(ckpt["model"])
+        self.start_level, self.start_step = int(ckpt["level"]), int(ckpt["step"])
+        self.optimizer_state = ckpt["optimizer"]
+        self.running = dict(ckpt["running"])
+        self.elapsed_before = float(ckpt.get("seconds", 0.0))
+        self.history.rows = list(ckpt.get("rows", []))
+        self.history.best = ckpt.get("best")
+        self.history.global_step = int(ckpt["global_step"])
+        rng_states = ckpt.get("rng") or []
+        if len(rng_states) == self.world:
+            _set_rng_state(rng_states[self.rank], self.device)
+
+    def _progress_bar(self) -> Any:
+        if not (self.progress and self.rank == 0):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.offsets[self.start_level - 1] + self.start_step, unit="it",
+                    dynamic_ncols=True, desc=f"level {self.start_level}")
+
+    def _seconds(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    # ----------------------------------------------------------------------------------------- levels and steps
+    def _train_levels(self) -> bool:
+        """Train the levels from the start position on; True when ``stop_after`` ended the run early."""
+        for level in range(self.start_level, 4):
+            first = self.start_step if level == self.start_level else 0
+            if first >= self.iterations[level - 1]:
+                continue
+            if self._train_level(level, first):
+                return self.history.global_step < self.total_steps
+        return False
+
+    def _train_level(self, level: int, first: int) -> bool:
+        """Steps ``first``.. of ``level`` with a fresh optimiser; True when ``stop_after`` was reached."""
+        _set_active_levels(self.model, level)
+        params = [p for lvl in range(1, level + 1) for p in self.model.level_parameters(lvl)]
+        lower = [p for lvl in range(1, level) for p in self.model.level_parameters(lvl)]
+        optimizer = torch.optim.Adam(params, lr=self.cfg.lr)
+        if level == self.start_level and self.optimizer_state is not None and first > 0:
+            optimizer.load_state_dict(self.optimizer_state)
+        net = self._network()
+        if self.bar is not None:
+            self.bar.set_description(f"level {level}")
+        for step in range(first, self.iterations[level - 1]):
+            if self.stop_after is not None and self.offsets[level - 1] + step >= self.stop_after:
+                return True
+            self._train_step(net, optimizer, lower, level, step)
+            if self._after_step(level, step + 1, optimizer):
+                return True
+        return False
+
+    def _network(self) -> nn.Module:
+        """What the steps call: the model, under DDP wrapped anew for each level (its active parameters)."""
+        if self.world == 1:
+            return self.model
+        return nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=False)
+
+    def _train_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, lower: Sequence[Tensor], level: int,
+                    step: int) -> None:
+        """One optimiser step on this step's pair and λ; adds its losses to the running sums."""
+        cfg = self.cfg
+        rng = step_rng(cfg.seed, level, step, self.rank)
+        lam = float(rng.uniform(*cfg.lambda_range)) if self.conditional else cfg.lam
+        sample = self.sample_pair(rng)
+        fixed, moving = sample[0].to(self.device), sample[1].to(self.device)
+        mask = sample[2].to(self.device) if len(sample) > 2 and sample[2] is not None else None
+        total, sim, reg = level_loss(net, fixed, moving, level, lam, window=cfg.window, mask=mask)
+        if not torch.isfinite(total):
+            raise RuntimeError(f"training diverged at level {level}, step {step + 1}: the loss is "
+                               f"{float(total)}; lower --lr or check the images")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if step < cfg.freeze_steps:  # official freeze_step: the lower levels wait
+            for p in lower:
+                p.grad = None
+        optimizer.step()
+        self.running["n"] += 1
+        self.running["loss"] += float(total.detach())
+        self.running["similarity"] += float(sim.detach())
+        self.running["regularisation"] += float(reg.detach())
+        self.running["lambda"] += lam
+
+    def _after_step(self, level: int, done: int, optimizer: torch.optim.Optimizer) -> bool:
+        """Log, validate and checkpoint when due after ``done`` steps of ``level``; True when stopping here."""
+        count = self.iterations[level - 1]
+        global_step = self.offsets[level - 1] + done
+        self.history.global_step = global_step
+        if done % self.cfg.log_every == 0 or done == count:
+            self._log_row(level, done, global_step)
+        if self.bar is not None:
+            self.bar.update(1)
+        if (self.cfg.val_every and global_step % self.cfg.val_every == 0) or done == count:
+            self._validate(level, done)
+        stop_now = self.stop_after is not None and global_step >= self.stop_after
+        if (self.cfg.checkpoint_every and global_step % self.cfg.checkpoint_every == 0) or done == count or stop_now:
+            self._checkpoint(level, done, optimizer)
+        return stop_now
+
+    # ----------------------------------------------------------------------------------------- reporting
+    def _report(self, row: dict) -> None:
+        self.history.rows.append(row)
+        if self.hooks.on_log is not None:
+            self.hooks.on_log(row)
+
+    def _log_row(self, level: int, done: int, global_step: int) -> None:
+        """Report the running means (over the steps since the last row and all ranks), then reset the sums."""
+        sums = torch.tensor([self.running[k] for k in _RUNNING_KEYS], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(sums)
+        n = max(float(sums[0]), 1.0)
+        row = {"level": level, "step": done, "global_step": global_step, "loss": float(sums[1]) / n,
+               "similarity": float(sums[2]) / n, "regularisation": float(sums[3]) / n,
+               "lambda": float(sums[4]) / n, "lr": self.cfg.lr, "seconds": self._seconds()}
+        self.running = _zero_running()
+        if self.rank == 0:
+            self._report(row)
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+
+    def _validate(self, level: int, step: int) -> None:
+        """Run the validation hook (rank 0, eval mode, no grad), report its scores, keep the best level-3 Dice."""
+        if self.hooks.validate is None or self.rank != 0:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            scores = dict(self.hooks.validate(self.model, level))
+        self.model.train(was_training)
+        global_step = self.offsets[level - 1] + step
+        self._report({"level": level, "step": step, "global_step": global_step, "seconds": self._seconds(),
+                      **{f"val_{k}": float(v) for k, v in scores.items()}})
+        dice, best = scores.get("dice"), self.history.best
+        if level == 3 and dice is not None and math.isfinite(dice) and (best is None or dice > best["dice"]):
+            self.history.best = {"dice": float(dice), "level": level, "step": step, "global_step": global_step}
+            if self.hooks.on_best is not None:
+                self.hooks.on_best(self.model, dict(self.history.best))
+
+    def _checkpoint(self, level: int, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Write the checkpoint of position (level, step) on rank 0 (every rank contributes its RNG states)."""
+        if self.checkpoint_path is None:
+            return
+        rng_states = [_rng_state(self.device)]
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        if self.rank != 0:
+            return
+        position = {"level": level, "step": step, "global_step": self.offsets[level - 1] + step}
+        save_checkpoint(self.checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "identity": self.identity, **position,
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+            "optimizer": _to_cpu(optimizer.state_dict()), "running": dict(self.running), "best": self.history.best,
+            "seconds": self._seconds(), "rows": list(self.history.rows), "rng": rng_states,
+        })
+        if self.hooks.on_checkpoint is not None:
+            self.hooks.on_checkpoint(position)
 
 
 def train(
@@ -292,204 +540,10 @@ def train(
         stop_after: stop once this many global steps are done (writing a checkpoint): time-limited jobs.
         progress: show a tqdm progress bar (rank 0) with level, loss and ETA.
     """
-    cfg = config or TrainConfig()
-    device = torch.device(device)
-    rank, world = _world()
-    distributed = world > 1
-    conditional = bool(model.config["conditional"])
-    iterations = list(cfg.iterations)
-    offsets = [sum(iterations[:k]) for k in range(3)]
-    total_steps = sum(iterations)
-    fingerprint = dict(fingerprint or {})
-    identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in ("log_every", "checkpoint_every",
-                                                                                 "val_every")},
-                "model_config": model.config, "world_size": world, "fingerprint": fingerprint}
-
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    random.seed(cfg.seed + rank)
-    np.random.seed((cfg.seed + rank) % (1 << 32))
-    torch.manual_seed(cfg.seed + rank)
-
-    model.to(device)
-    history = TrainHistory()
-    history.global_step = 0
-    start_level, start_step = 1, 0
-    elapsed_before = 0.0
-    running = {"n": 0, "loss": 0.0, "similarity": 0.0, "regularisation": 0.0, "lambda": 0.0}
-    best: dict | None = None
-    optimizer_state = None
-    ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
-
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        diff = _differences(ckpt["identity"], _jsonish(identity))
-        if diff:
-            raise InputError(f"checkpoint '{ckpt_path}' belongs to a different run: {', '.join(diff[:6])} "
-                             "differ; resume with the same options (or choose another --out)")
-        model.load_state_dict(ckpt["model"])
-        start_level, start_step = int(ckpt["level"]), int(ckpt["step"])
-        optimizer_state = ckpt["optimizer"]
-        running = dict(ckpt["running"])
-        best = ckpt.get("best")
-        elapsed_before = float(ckpt.get("seconds", 0.0))
-        history.rows = list(ckpt.get("rows", []))
-        history.global_step = int(ckpt["global_step"])
-        rng_states = ckpt.get("rng") or []
-        if len(rng_states) == world:
-            _set_rng_state(rng_states[rank], device)
-    history.best = best
-
-    started = time.perf_counter()
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=offsets[start_level - 1] + start_step, unit="it",
-                   dynamic_ncols=True, desc=f"level {start_level}")
-
-    def seconds() -> float:
-        return elapsed_before + time.perf_counter() - started
-
-    def checkpoint(level: int, step: int, optimizer: torch.optim.Optimizer | None) -> None:
-        if ckpt_path is None:
-            return
-        states = [_rng_state(device)]
-        if distributed:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, states[0])
-            states = gathered
-        if rank != 0:
-            return
-        payload = {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "identity": _jsonish(identity), "level": level, "step": step,
-            "global_step": offsets[level - 1] + step,
-            "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-            "optimizer": None if optimizer is None else _to_cpu(optimizer.state_dict()),
-            "running": dict(running), "best": best, "seconds": seconds(), "rows": list(history.rows),
-            "rng": states,
-        }
-        save_checkpoint(ckpt_path, payload)
-        if on_checkpoint is not None:
-            on_checkpoint({"level": level, "step": step, "global_step": offsets[level - 1] + step})
-
-    def log_row(level: int, done: int, global_step: int) -> None:
-        nonlocal running
-        sums = torch.tensor([running[k] for k in ("n", "loss", "similarity", "regularisation", "lambda")],
-                            dtype=torch.float64, device=device)
-        if distributed:
-            dist.all_reduce(sums)
-        n = max(float(sums[0]), 1.0)
-        row = {"level": level, "step": done, "global_step": global_step, "loss": float(sums[1]) / n,
-               "similarity": float(sums[2]) / n, "regularisation": float(sums[3]) / n,
-               "lambda": float(sums[4]) / n, "lr": cfg.lr, "seconds": seconds()}
-        running = {k: 0 if k == "n" else 0.0 for k in running}
-        if rank == 0:
-            history.rows.append(row)
-            if on_log is not None:
-                on_log(row)
-            if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-
-    def run_validation(level: int, step: int) -> None:
-        nonlocal best
-        if validate is None or rank != 0:
-            return
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            scores = dict(validate(model, level))
-        model.train(was_training)
-        row = {"level": level, "step": step, "global_step": offsets[level - 1] + step, "seconds": seconds(),
-               **{f"val_{k}": float(v) for k, v in scores.items()}}
-        history.rows.append(row)
-        if on_log is not None:
-            on_log(row)
-        dice = scores.get("dice")
-        if level == 3 and dice is not None and math.isfinite(dice) and (best is None or dice > best["dice"]):
-            best = {"dice": float(dice), "level": level, "step": step, "global_step": row["global_step"]}
-            history.best = best
-            if on_best is not None:
-                on_best(model, dict(best))
-
-    stopped = False
-    model.train()
-    try:
-        for level in range(start_level, 4):
-            count = iterations[level - 1]
-            first = start_step if level == start_level else 0
-            if first >= count:
-                continue
-            _set_active_levels(model, level)
-            params = [p for lvl in range(1, level + 1) for p in model.level_parameters(lvl)]
-            lower = {id(p) for lvl in range(1, level) for p in model.level_parameters(lvl)}
-            optimizer = torch.optim.Adam(params, lr=cfg.lr)
-            if level == start_level and optimizer_state is not None and first > 0:
-                optimizer.load_state_dict(optimizer_state)
-            net: nn.Module = model
-            if distributed:
-                net = nn.parallel.DistributedDataParallel(
-                    model, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=False)
-            if bar is not None:
-                bar.set_description(f"level {level}")
-            for step in range(first, count):
-                if stop_after is not None and offsets[level - 1] + step >= stop_after:
-                    stopped = True
-                    break
-                rng = step_rng(cfg.seed, level, step, rank)
-                lam = float(rng.uniform(*cfg.lambda_range)) if conditional else cfg.lam
-                sample = sample_pair(rng)
-                fixed, moving = sample[0].to(device), sample[1].to(device)
-                mask = sample[2].to(device) if len(sample) > 2 and sample[2] is not None else None
-                total, sim, reg = level_loss(net, fixed, moving, level, lam, window=cfg.window, mask=mask)
-                if not torch.isfinite(total):
-                    raise RuntimeError(f"training diverged at level {level}, step {step + 1}: the loss is "
-                                       f"{float(total)}; lower --lr or check the images")
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if step < cfg.freeze_steps and lower:  # official freeze_step: lower levels wait
-                    for p in params:
-                        if id(p) in lower:
-                            p.grad = None
-                optimizer.step()
-                running["n"] += 1
-                running["loss"] += float(total.detach())
-                running["similarity"] += float(sim.detach())
-                running["regularisation"] += float(reg.detach())
-                running["lambda"] += lam
-                done = step + 1
-                global_step = offsets[level - 1] + done
-                history.global_step = global_step
-                if done % cfg.log_every == 0 or done == count:
-                    log_row(level, done, global_step)
-                if bar is not None:
-                    bar.update(1)
-                if (cfg.val_every and global_step % cfg.val_every == 0) or done == count:
-                    run_validation(level, done)
-                stop_now = stop_after is not None and global_step >= stop_after
-                if (cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0) or done == count or stop_now:
-                    checkpoint(level, done, optimizer)
-                if stop_now:
-                    stopped = stop_now and global_step < total_steps
-                    break
-            del net
-            if stopped or (stop_after is not None and history.global_step >= stop_after):
-                stopped = history.global_step < total_steps
-                break
-        history.completed = not stopped
-    finally:
-        if bar is not None:
-            bar.close()
-        for p in model.parameters():
-            p.requires_grad_(True)
-    model.eval()
-    history.seconds = seconds()
-    history.best = best
-    return history
+    hooks = TrainHooks(on_log=on_log, validate=validate, on_best=on_best, on_checkpoint=on_checkpoint)
+    trainer = Trainer(model, sample_pair, config, device, hooks, checkpoint_path=checkpoint_path,
+                      fingerprint=fingerprint, stop_after=stop_after, progress=progress)
+    return trainer.run(resume=resume)
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -499,19 +553,6 @@ def _to_cpu(obj: Any) -> Any:
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _jsonish(obj: Any) -> Any:
-    """Tuples -> lists (what survives a round trip through a checkpoint) for comparison."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonish(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonish(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
     return obj
 
 

@@ -6,9 +6,9 @@
 A case is one DIR-Lab case: T00 (maximum inhale) is the fixed image, T50 (maximum exhale) the moving one,
 both in HU, cropped to the lungs' bounding box plus a margin, with the lung ROI of the similarity term.
 Learned methods register it through :func:`nioreg.evaluate.registration.register_spec`, the way
-``nioreg register`` does: a model that records its preprocessing (e.g. ``nioreg train --ct-window lung``)
+``nioreg register`` does: a model that records its preprocessing (e.g. ``nioreg train --ct-window lung-recipe``)
 gets the HU images and applies its own record; a model without a record gets the lung recipe of
-:mod:`nioreg.lung` (CT window [-1000, 200] HU -> [0, 1]). ``--smoothing bspline`` and ``--augment K`` add
+:mod:`nioreg.chest` (CT window [-1000, 200] HU -> [0, 1]). ``--smoothing bspline`` and ``--augment K`` add
 the inference extras of Siebert et al. 2021. Bare method names take the lung iterations (io 200, nio 50,
 nio_m 100,60,60). Baselines are not part of this protocol.
 
@@ -148,12 +148,12 @@ class DirLabPlan(Plan):
         return config
 
 
-def _resolve_smoothing(smoothing) -> Callable | None:
-    """``"bspline"`` -> the B-spline-like model; a callable as is (``InputError`` for anything else)."""
-    from ...lung import _smoothing
+def _check_smoothing(smoothing) -> None:
+    """``"bspline"``, ``"none"``, a callable or ``None`` (``InputError`` naming the allowed values otherwise)."""
+    from ...spatial import resolve_smoothing
 
     try:
-        return _smoothing(smoothing)
+        resolve_smoothing(smoothing)
     except ValueError as error:
         raise InputError(f"--smoothing: {error}") from None
 
@@ -162,7 +162,7 @@ def _check_settings(options: EvaluateOptions) -> str:
     roi = str(options.roi).lower()
     if roi not in ("auto", "none"):
         raise InputError(f"--roi must be 'auto' or 'none', got {options.roi!r}")
-    _resolve_smoothing(options.smoothing)
+    _check_smoothing(options.smoothing)
     if int(options.augment) < 0:
         raise InputError(f"--augment must be >= 0, got {options.augment}")
     return roi
@@ -242,7 +242,7 @@ class DirLabProtocol(Protocol):
         fixed, moving, intensities = data.network_inputs(net, case)
         started = time.perf_counter()
         result, view = register_spec(net, spec, fixed, moving, mask=case.mask, augment=plan.augment, lam=plan.lam,
-                                     seed=plan.seed, device=run.device, smoothing=_resolve_smoothing(plan.smoothing),
+                                     seed=plan.seed, device=run.device, smoothing=plan.smoothing,
                                      progress=run.options.progress)
         details = result.summary()
         details.pop("loss_curve", None)
@@ -316,7 +316,7 @@ def evaluate_dirlab(
         out: output folder (resumable: a rerun reuses the finished cases; a finished case computed with
             another configuration is an error).
         cases: case numbers (default: all found); ``subjects`` is the same as names (``"case3"``).
-        mask: ``"auto"``: the given T00 lung mask, else :func:`nioreg.lung.lung_mask`; ``None``: no ROI.
+        mask: ``"auto"``: the given T00 lung mask, else :func:`nioreg.chest.lung_mask`; ``None``: no ROI.
         echo: where the table and the run's notes are printed (``None``: silent).
         options: any other :class:`~nioreg.evaluate.options.EvaluateOptions` field: ``variant``, ``device``,
             ``subjects``, ``lam``, ``seed``, ``smoothing`` (``"bspline"``), ``augment`` (affine test-time

@@ -3,7 +3,7 @@
 A dataset is a release folder (raw ``.img`` or NIfTI/MHA files named ``caseN_TPP``, found by
 :mod:`nioreg.io.dirlab`) or a manifest (records ``caseN_T00`` / ``caseN_T50`` or group ``caseN``, as
 :func:`nioreg.io.dirlab.export_dirlab` writes). :func:`prepare_case` converts both phases to HU on T00's
-grid, finds the lung ROI (the given T00 mask, else :func:`nioreg.lung.lung_mask`), crops both images to the
+grid, finds the lung ROI (the given T00 mask, else :func:`nioreg.chest.lung_mask`), crops both images to the
 lungs' bounding box plus a margin, and expresses the landmarks in voxels of the cropped grid.
 """
 
@@ -24,7 +24,7 @@ from ...io.dirlab import (
     parse_case_phase,
     read_landmarks,
 )
-from ...lung import CT_WINDOW
+from ...chest import CT_WINDOW, ct_window, lung_mask, to_hu
 
 __all__ = ["ChestCase", "available_cases", "network_inputs", "parse_case_phase", "prepare_case", "read_case"]
 
@@ -114,8 +114,6 @@ def _voxels(world: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def _region_of_interest(data: DirLabCase, fixed_hu: np.ndarray, roi: str) -> tuple[np.ndarray | None, str]:
     """The ROI (given T00 mask, else the automatic lung mask) and where it came from."""
-    from ...lung import lung_mask
-
     if roi == "none":
         return None, "none"
     if "T00" in data.masks:
@@ -146,8 +144,6 @@ def _crop_box(region: np.ndarray, points: np.ndarray, spacing, margin_mm: float,
 def prepare_case(data: DirLabCase, *, roi: str, crop_margin_mm: float | None, hu_offset: float | str,
                  min_size: int, save_field: bool = False) -> ChestCase:
     """HU images on the (cropped) fixed grid, the ROI mask, and the landmarks for TRE."""
-    from ...lung import lung_mask, to_hu
-
     fixed, moving = data.fixed, data.moving
     for phase in ("T00", "T50"):
         if phase not in data.landmarks:
@@ -183,10 +179,9 @@ def network_inputs(net, case: ChestCase) -> tuple[Volume, Volume, str]:
 
     A model that records its preprocessing gets the HU images (``register_volumes`` applies its record,
     e.g. the CT window of ``nioreg train --ct-window``); one without a record gets the lung recipe's
-    window, :data:`nioreg.lung.CT_WINDOW` -> [0, 1].
+    window, :data:`nioreg.chest.CT_WINDOW` -> [0, 1].
     """
     from ...io.preprocess import Preprocessing
-    from ...lung import ct_window
 
     if Preprocessing.from_metadata(getattr(net, "metadata", {})) is not None:
         return case.fixed, case.moving, "the model's recorded preprocessing"

@@ -1,4 +1,5 @@
-"""The lung recipe: HU handling, windowing, lung mask, B-spline smoothing, affine test-time augmentation."""
+"""The chest package (lung recipe): HU handling, windowing, lung mask, B-spline smoothing (nioreg.spatial),
+affine test-time augmentation."""
 
 import numpy as np
 import pytest
@@ -6,10 +7,9 @@ import torch
 
 from nioreg.data.chest_phantom import make_chest_pair
 from nioreg.evaluate.dirlab import target_registration_error
-from nioreg.lung import (
+from nioreg.chest import (
     CT_WINDOW,
     LUNG_ITERATIONS,
-    BSplineSmoothing,
     augment_volume,
     ct_window,
     field_from_augmented,
@@ -17,12 +17,13 @@ from nioreg.lung import (
     parse_method_spec,
     random_affine,
     register_lung,
+    register_with_affine_augmentation,
     to_hu,
 )
 from nioreg.methods import get_method, register, scale_to_unit
 from nioreg.methods.network import PairNetwork
 from nioreg.models import build_model
-from nioreg.spatial import warp
+from nioreg.spatial import BSplineSmoothing, resolve_smoothing, warp
 
 SHAPE, SPACING = (40, 40, 24), (2.0, 2.0, 2.5)
 
@@ -150,7 +151,7 @@ def test_io_with_smoothing_starts_from_the_feedforward_result():
     import numpy as np
     import torch
 
-    from nioreg.lung import BSplineSmoothing
+    from nioreg.spatial import BSplineSmoothing
     from nioreg.methods import register
     from nioreg.models import build_model
 
@@ -163,3 +164,41 @@ def test_io_with_smoothing_starts_from_the_feedforward_result():
     io = register(fixed, moving, net, "io", iterations=0, smoothing=smoothing)
     assert io.log.curve[0]["loss"] == pytest.approx(ff.final_loss, abs=1e-6)
     torch.testing.assert_close(io.displacement, ff.displacement)
+
+
+def test_resolve_smoothing_names_the_deformation_models():
+    assert resolve_smoothing(None) is None and resolve_smoothing(False) is None and resolve_smoothing("none") is None
+    assert resolve_smoothing("bspline") == BSplineSmoothing() and resolve_smoothing(True) == BSplineSmoothing()
+    custom = BSplineSmoothing(grid_spacing=1)
+    assert resolve_smoothing(custom) is custom
+    for bad in ("wavelet", "BSpline", 3):
+        with pytest.raises(ValueError, match="'bspline', 'none'"):
+            resolve_smoothing(bad)
+
+
+def test_augmented_result_keeps_the_precision_and_memory_format_of_its_runs():
+    # the averaged result is built from the un-augmented run, so no field falls back to its default
+    rng = np.random.default_rng(0)
+    fixed, moving = (rng.random((16, 16, 16)).astype(np.float32) for _ in range(2))
+    torch.manual_seed(0)
+    net = build_model("disp", start_channel=2)
+    result = register_with_affine_augmentation(fixed, moving, net, "ff", augmentations=1, precision="bf16",
+                                               memory_format="channels_last", device="cpu")
+    assert result.precision == "bf16" and result.memory_format == "channels_last"
+    assert sum(e["event"] == "affine augmentation" for e in result.log.events) == 2
+
+
+def test_the_recipe_window_and_the_lung_preset_are_two_named_windows_of_one_vocabulary():
+    from nioreg.io import CT_WINDOWS, LUNG_RECIPE_WINDOW, CTWindow
+    from nioreg.io.preprocess import Preprocessing
+
+    assert CT_WINDOW == LUNG_RECIPE_WINDOW.bounds == (-1000.0, 200.0) and LUNG_RECIPE_WINDOW == (-400.0, 1200.0)
+    assert CT_WINDOWS["lung"] == (-600.0, 1500.0) and CT_WINDOWS["lung"].bounds == (-1350.0, 150.0)
+    assert CTWindow.from_bounds(*CT_WINDOWS["bone"].bounds) == CT_WINDOWS["bone"]
+    # a model file records the preset by name: an old record still gets the preset's numbers
+    record = {"version": 1, "orientation": None, "spacing": None, "shape": None, "percentiles": [0.5, 99.5],
+              "ct_window": "lung", "ct_window_hu": [-1350.0, 150.0], "antialias": True}
+    assert Preprocessing.from_dict(record).window_bounds() == (-1350.0, 150.0)
+    assert Preprocessing(ct_window=(-400, 1200)).window_bounds() == CT_WINDOW  # the recipe's --ct-window
+    with pytest.raises(ValueError, match="high > low"):
+        CTWindow.from_bounds(200.0, -1000.0)
