@@ -34,15 +34,19 @@ def merge_with_report(out: str | Path, *, options: EvaluateOptions | None = None
     """Read ``OUT/plan.json`` and every finished case; write ``run.json``, the protocol's files and ``report.md``.
 
     Returns the run dictionary (also written to ``OUT/run.json``) and the protocol's :class:`Report`.
-    ``options`` carries the report options of the command (e.g. ``--figure-case``).
+    ``options`` carries the report options of the command (``--figure-case``, and ``--reference``, which
+    replaces the plan's reference method of the significance tests).
     """
     from .protocols import get_protocol
 
     out = Path(out)
+    options = options or EvaluateOptions()
     plan = read_plan(out)
     protocol = get_protocol(plan.protocol)
+    if options.reference is not None:  # another reference for the tests of an existing run
+        plan.reference = protocol.reference_label(options.reference, plan.methods)
     results = finished_cases(out, plan, protocol)
-    report = protocol.report(out, plan, results, options or EvaluateOptions())
+    report = protocol.report(out, plan, results, options)
     expected = len(plan.cases)
     missing = {label: expected - len(cases) for label, cases in results.items() if len(cases) < expected}
     failed = sorted(str(path.relative_to(out)) for case in plan.cases for spec in plan.all_methods

@@ -195,11 +195,13 @@ class DirLabProtocol(Protocol):
     def make_plan(self, options: EvaluateOptions, specs: list[MethodSpec], echo) -> DirLabPlan:
         roi = _check_settings(options)
         available = data.available_cases(Path(options.dataset))
+        if not available:
+            raise InputError(f"DIR-Lab data '{options.dataset}': no case with T00 and T50 images found (give a "
+                             "DIR-Lab release folder or the manifest of nioreg.chest.export_dirlab)")
         selected = available if options.subjects is None else [case_number(s) for s in options.subjects]
         missing = [c for c in selected if c not in available]
-        if missing or not selected:
-            raise InputError(f"DIR-Lab data '{options.dataset}': cases {missing or selected} not found "
-                             f"(found {available})")
+        if missing:
+            raise InputError(f"DIR-Lab data '{options.dataset}': cases {missing} not found (found {available})")
         networks = self.networks(options)
         models = {case_name(c): networks.describe(case_name(c)) if specs else None for c in selected}
         return DirLabPlan(**self.plan_fields(options, specs), case_numbers=selected, roi=roi,
