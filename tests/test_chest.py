@@ -14,13 +14,12 @@ from nioreg.chest import (
     ct_window,
     field_from_augmented,
     lung_mask,
-    parse_method_spec,
     random_affine,
     register_lung,
     register_with_affine_augmentation,
     to_hu,
 )
-from nioreg.methods import get_method, register, scale_to_unit
+from nioreg.methods import RegistrationOptions, get_method, register, scale_to_unit
 from nioreg.methods.network import PairNetwork
 from nioreg.models import build_model
 from nioreg.spatial import BSplineSmoothing, resolve_smoothing, warp
@@ -97,8 +96,8 @@ def test_register_smoothing_is_applied_to_the_feedforward_field_and_the_optimise
     with torch.no_grad():
         torch.testing.assert_close(result.displacement, smooth(net.field(3)))
     for method, iterations in (("io", [2]), ("nio_m", [1, 1, 1])):
-        r = register_lung(small.fixed_hu, small.moving_hu, model, method, iterations=iterations,
-                          smoothing="bspline", device="cpu")
+        options = RegistrationOptions(method=method, iterations=iterations, smoothing="bspline", device="cpu")
+        r = register_lung(small.fixed_hu, small.moving_hu, model, options)
         assert r.displacement.shape == (1, 3) + small.fixed_hu.shape and r.final_loss <= r.feedforward_loss + 1e-7
 
 
@@ -126,15 +125,28 @@ def test_affine_augmentation_maps_fields_back_exactly(chest):
 
 
 def test_register_lung_with_augmentation_averages_the_runs(small, model):
-    plain = register_lung(small.fixed_hu, small.moving_hu, model, "ff", device="cpu")
-    aug = register_lung(small.fixed_hu, small.moving_hu, model, "ff", augment=2, spacing=SPACING, device="cpu")
+    ff = RegistrationOptions(method="ff", device="cpu")
+    plain = register_lung(small.fixed_hu, small.moving_hu, model, ff)
+    aug = register_lung(small.fixed_hu, small.moving_hu, model, ff, augment=2, spacing=SPACING)
     assert aug.displacement.shape == plain.displacement.shape
     assert not torch.allclose(aug.displacement, plain.displacement)
     assert sum(e["event"] == "affine augmentation" for e in aug.log.events) == 3
     assert aug.feedforward_loss == pytest.approx(plain.feedforward_loss)  # run 0 is the plain registration
 
 
+def lung_spec(text):
+    """(method, iterations) of a DIR-Lab method spec: the one spec parser with the lung preset."""
+    from nioreg.evaluate.specs import parse_method_spec
+
+    spec = parse_method_spec(text)
+    if spec.kind != "learned":
+        raise ValueError(f"unknown method {text!r} for the chest recipe")
+    return spec.name, (list(spec.iterations) if spec.iterations is not None
+                       else get_method(spec.name).iterations_for("lung"))
+
+
 def test_method_specs():
+    parse_method_spec = lung_spec
     assert parse_method_spec("ff") == ("ff", [])
     assert parse_method_spec("io") == ("io", [200])
     assert parse_method_spec("NIO_m:100, 60,60") == ("nio_m", [100, 60, 60])
@@ -182,8 +194,8 @@ def test_augmented_result_keeps_the_precision_and_memory_format_of_its_runs():
     fixed, moving = (rng.random((16, 16, 16)).astype(np.float32) for _ in range(2))
     torch.manual_seed(0)
     net = build_model("disp", start_channel=2)
-    result = register_with_affine_augmentation(fixed, moving, net, "ff", augmentations=1, precision="bf16",
-                                               memory_format="channels_last", device="cpu")
+    options = RegistrationOptions(method="ff", precision="bf16", memory_format="channels_last", device="cpu")
+    result = register_with_affine_augmentation(fixed, moving, net, options, augmentations=1)
     assert result.precision == "bf16" and result.memory_format == "channels_last"
     assert sum(e["event"] == "affine augmentation" for e in result.log.events) == 2
 

@@ -356,26 +356,29 @@ def test_dirlab_registers_through_the_pipeline_with_the_recorded_preprocessing(r
 
     root, geometry, _ = release
     seen = []
-    original = pipeline.register
+    original = pipeline.model_view
 
-    def spy(fixed, moving, net, **kwargs):
-        seen.append((np.asarray(fixed).copy(), kwargs["scale_intensities"]))
-        return original(fixed, moving, net, **kwargs)
+    def spy(*args, **kwargs):
+        view = original(*args, **kwargs)
+        seen.append(view)
+        return view
 
-    monkeypatch.setattr(pipeline, "register", spy)
+    monkeypatch.setattr(pipeline, "model_view", spy)
     torch.manual_seed(0)
     plain, recorded = build_model("disp", start_channel=2), build_model("disp", start_channel=2)
     recorded.metadata = {"preprocessing": Preprocessing(ct_window="lung").to_dict()}  # [-1350, 150] HU
     for name, model in (("plain", plain), ("recorded", recorded)):
         evaluate_dirlab(root, model, ["ff"], tmp_path / name, cases=[1], geometry=geometry, device="cpu", echo=None)
-    (window_plain, scaled_plain), (window_recorded, scaled_recorded) = seen
-    assert scaled_plain and not scaled_recorded
-    inside = (window_plain > 0) & (window_plain < 1)
-    hu = window_plain[inside] * 1200.0 - 1000.0  # the recipe's [-1000, 200] window, inverted where it does not clip
-    np.testing.assert_allclose(window_recorded[inside], np.clip((hu + 1350.0) / 1500.0, 0, 1), atol=2e-5)
+    recipe, own = seen
+    assert not recipe.recorded and recipe.preprocessing.window_bounds() == (-1000.0, 200.0)
+    assert own.recorded and own.preprocessing.window_bounds() == (-1350.0, 150.0)
+    inside = (recipe.fixed.array > 0) & (recipe.fixed.array < 1)
+    hu = recipe.fixed.array[inside] * 1200.0 - 1000.0  # the recipe's window, inverted where it does not clip
+    np.testing.assert_allclose(own.fixed.array[inside], np.clip((hu + 1350.0) / 1500.0, 0, 1), atol=2e-5)
     record = json.loads((tmp_path / "recorded" / "case1" / "ff.json").read_text())
     assert "CT window lung [-1350, 150]" in record["intensities"]
-    assert "lung recipe" in json.loads((tmp_path / "plain" / "case1" / "ff.json").read_text())["intensities"]
+    record = json.loads((tmp_path / "plain" / "case1" / "ff.json").read_text())
+    assert "lung-recipe [-1000, 200]" in record["intensities"] and "records no preprocessing" in record["intensities"]
 
 
 @pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -106,55 +106,71 @@ class ModelView:
     fixed: Volume
     moving: Volume
     mask: Volume | None
+    recorded: bool = True
+    """False when ``preprocessing`` is the caller's default because the model records none."""
 
     @property
     def description(self) -> str:
         if self.preprocessing is None:
             return "min-max to [0, 1]"
-        return self.preprocessing.describe()
+        return self.preprocessing.describe() + ("" if self.recorded else " (default of the protocol; the model "
+                                                                          "records no preprocessing)")
 
 
 def model_view(net, fixed: Volume, moving: Volume, mask: Volume | None = None, *, fixed_name: str = "fixed image",
-               moving_name: str = "moving image") -> ModelView:
+               moving_name: str = "moving image", default: Preprocessing | None = None) -> ModelView:
     """Bring a pair (moving already on the fixed grid) into the form a model was trained on.
 
     A model trained by ``nioreg train`` records its preprocessing. Registration applies the intensity
     normalisation and the voxel spacing (a CNN's receptive field is in voxels, so it must see the scale it
     was trained at); it does not apply the training crop/pad to a fixed shape (any size works, and a crop
     could cut anatomy away) nor the orientation override (that belongs to the user's files:
-    ``--fixed-orientation``). Models without a record (official checkpoints) get min-max scaling later, in
-    :func:`nioreg.register`.
+    ``--fixed-orientation``). A model without a record (official checkpoints) gets ``default`` when the
+    caller has one (the chest recipe's CT window), otherwise min-max scaling later, in :func:`nioreg.register`.
     """
     prep = Preprocessing.from_metadata(getattr(net, "metadata", {}))
+    recorded = prep is not None
+    prep = prep if recorded else default
     if prep is None:
         return ModelView(None, fixed, moving, mask)
     prep = replace(prep, orientation=None, shape=None)
     fixed_in = prep.image(fixed, name=fixed_name)
     moving_in = prep.image(moving, name=moving_name)
     mask_in = None if mask is None else prep.labels(mask, fixed_in)
-    return ModelView(prep, fixed_in, moving_in, mask_in)
+    return ModelView(prep, fixed_in, moving_in, mask_in, recorded)
+
+
+Registrar = Callable[..., RegistrationResult]
+"""Anything called like :func:`nioreg.register` with ``(fixed, moving, model, *, options, mask,
+scale_intensities, safeguards, progress)``: ``register`` itself, or a recipe around it such as
+:func:`nioreg.chest.register_with_affine_augmentation`."""
 
 
 def register_volumes(net, fixed: Volume, moving: Volume, options: RegistrationOptions | str | None = None, *,
                      mask: Volume | None = None, fixed_name: str = "fixed image", moving_name: str = "moving image",
-                     safeguards: Safeguards | None = None,
-                     progress: bool = False) -> tuple[RegistrationResult, ModelView]:
+                     safeguards: Safeguards | None = None, progress: bool = False,
+                     default_preprocessing: Preprocessing | None = None,
+                     registrar: Registrar | None = None) -> tuple[RegistrationResult, ModelView]:
     """:func:`nioreg.register` on volumes, the way ``net`` was trained (:func:`model_view`).
 
     ``options`` is a :class:`~nioreg.methods.RegistrationOptions` (a bare method name is short for
-    ``RegistrationOptions(method=name)``; ``None`` for the defaults). When the model works on another grid
-    than the fixed image's (a recorded spacing), the displacement is mapped back onto the fixed grid
-    (:func:`nioreg.spatial.regrid_displacement`), so the result is always in voxels of ``fixed``.
+    ``RegistrationOptions(method=name)``; ``None`` for the defaults). ``default_preprocessing`` is used for a
+    model that records none (see :func:`model_view`); ``registrar`` replaces :func:`nioreg.register` (e.g.
+    test-time augmentation). When the model works on another grid than the fixed image's (a recorded
+    spacing), the displacement is mapped back onto the fixed grid (:func:`nioreg.spatial.regrid_displacement`),
+    so the result is always in voxels of ``fixed``.
     """
     options = RegistrationOptions(method=options) if isinstance(options, str) else options or RegistrationOptions()
-    view = model_view(net, fixed, moving, mask, fixed_name=fixed_name, moving_name=moving_name)
+    view = model_view(net, fixed, moving, mask, fixed_name=fixed_name, moving_name=moving_name,
+                      default=default_preprocessing)
     if view.fixed is not fixed and min(view.fixed.shape) < MIN_SIZE:
         spacing = "×".join(f"{v:g}" for v in view.fixed.spacing)
         raise InputError(f"{fixed_name}: at the model's voxel size ({spacing} mm) it has shape {view.fixed.shape}, "
                          f"too small for a 3-level pyramid (every axis needs at least {MIN_SIZE} voxels)")
     mask_array = None if view.mask is None else (view.mask.array > 0).astype(np.float32)
-    result = register(view.fixed.array, view.moving.array, net, options=options, mask=mask_array,
-                      scale_intensities=view.preprocessing is None, safeguards=safeguards, progress=progress)
+    result = (registrar or register)(view.fixed.array, view.moving.array, net, options=options, mask=mask_array,
+                                     scale_intensities=view.preprocessing is None, safeguards=safeguards,
+                                     progress=progress)
     if not same_grid(view.fixed, fixed):
         result.displacement = regrid_displacement(result.displacement, view.fixed.affine, fixed.affine, fixed.shape)
     return result, view

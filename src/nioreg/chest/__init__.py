@@ -7,8 +7,8 @@ The recipe, :func:`register_lung` for one T50 -> T00 pair given in Hounsfield un
    :mod:`nioreg.io.ct_windows`, where it is told apart from the ``"lung"`` preset of ``nioreg train``).
 2. Region of interest (:mod:`.mask`): :func:`lung_mask` (threshold, body and outside-air handling, largest
    components, closing and hole filling; scipy.ndimage only) restricts the similarity term.
-3. Iterations: NIO_m ``[100, 60, 60]`` and IO 200 (:data:`LUNG_ITERATIONS`, the paper's Implementation and
-   Baseline sections).
+3. Iterations: NIO_m ``[100, 60, 60]`` and IO 200, the method registry's ``lung`` preset (:data:`LUNG_ITERATIONS`,
+   the paper's Implementation and Baseline sections).
 4. The inference extras the paper takes from Siebert et al. 2021 (ConvexAdam, Learn2Reg 2021), both
    optional:
 
@@ -30,17 +30,20 @@ from .augment import augment_volume, field_from_augmented, random_affine, regist
 from .export import export_dirlab, write_loo_folds
 from .intensity import CT_WINDOW, ct_window, to_hu
 from .mask import lung_mask
-from .recipe import LUNG_ITERATIONS, parse_method_spec, register_lung
+from .recipe import LUNG_ITERATIONS, LUNG_PREPROCESSING, LUNG_PRESET, lung_options, lung_registrar, register_lung
 
 __all__ = [
     "CT_WINDOW",
     "LUNG_ITERATIONS",
+    "LUNG_PREPROCESSING",
+    "LUNG_PRESET",
     "augment_volume",
     "ct_window",
     "export_dirlab",
     "field_from_augmented",
     "lung_mask",
-    "parse_method_spec",
+    "lung_options",
+    "lung_registrar",
     "random_affine",
     "register_lung",
     "register_with_affine_augmentation",

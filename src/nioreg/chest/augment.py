@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..defaults import DEFAULT_LAMBDA
-from ..methods import Pair, RegistrationResult, register, resolve_device, scale_to_unit
+from ..methods import Pair, RegistrationOptions, RegistrationResult, Safeguards, register, resolve_device, scale_to_unit
 from ..spatial import as_batched, identity_grid, sample
 
 __all__ = ["augment_volume", "field_from_augmented", "random_affine", "register_with_affine_augmentation"]
@@ -86,53 +85,55 @@ def register_with_affine_augmentation(
     fixed: np.ndarray,
     moving: np.ndarray,
     model: nn.Module,
-    method: str = "nio_m",
+    options: RegistrationOptions | str | None = None,
     *,
+    mask: np.ndarray | None = None,
     augmentations: int = 4,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     rotation_deg: float = 3.0,
     scaling: float = 0.03,
     translation_mm: float = 3.0,
-    mask: np.ndarray | None = None,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    **register_kwargs,
+    scale_intensities: bool = True,
+    safeguards: Safeguards | None = None,
+    progress: bool = False,
 ) -> RegistrationResult:
     """Test-time affine augmentation: the average of ``1 + augmentations`` registrations of the pair.
 
-    Each augmented run applies one random affine (:func:`random_affine`) to fixed, moving and mask alike,
-    registers with :func:`nioreg.register` (same ``method`` and options, ``smoothing`` included), and maps
-    its field back exactly (:func:`field_from_augmented`). The returned result carries the averaged field,
-    the summed time, the loss of the averaged field (``final_loss``) and, in ``log.events``, one entry per
-    run; its other fields (iterations, feed-forward loss, precision, memory format...) are those of the
-    un-augmented run. Unlike a single :func:`register`, the average is not checked against the feed-forward
-    loss.
+    Called like :func:`nioreg.register` (so it can be the ``registrar`` of
+    :func:`nioreg.pipeline.register_volumes`). Each augmented run applies one random affine
+    (:func:`random_affine`, ``spacing`` in mm per array axis) to fixed, moving and mask alike, registers with
+    the same ``options`` (seed + run number), and maps its field back exactly (:func:`field_from_augmented`).
+    The returned result carries the averaged field, the summed time, the loss of the averaged field
+    (``final_loss``) and, in ``log.events``, one entry per run; its other fields (iterations, feed-forward
+    loss, precision, memory format...) are those of the un-augmented run. Unlike a single
+    :func:`register`, the average is not checked against the feed-forward loss.
     """
-    dev = resolve_device(device)
+    options = RegistrationOptions(method=options) if isinstance(options, str) else options or RegistrationOptions()
+    common = dict(scale_intensities=scale_intensities, safeguards=safeguards, progress=progress)
     started = time.perf_counter()
-    base = register(fixed, moving, model, method, mask=mask, seed=seed, device=dev, **register_kwargs)
+    base = register(fixed, moving, model, options=options, mask=mask, **common)
     if augmentations <= 0:
         return base
-    rng = np.random.default_rng(seed)
-    f = torch.as_tensor(np.asarray(fixed, dtype=np.float32), device=dev)[None, None]
-    m = torch.as_tensor(np.asarray(moving, dtype=np.float32), device=dev)[None, None]
+    dev = resolve_device(options.device)
+    rng = np.random.default_rng(options.seed)
+    f, m = (torch.as_tensor(np.asarray(v, dtype=np.float32), device=dev)[None, None] for v in (fixed, moving))
     k = None if mask is None else torch.as_tensor(np.asarray(mask, dtype=np.float32), device=dev)[None, None]
     total = base.displacement.clone()
-    base.log.event(method, -1, "affine augmentation", f"run 0 (identity): loss {base.final_loss:.5f}")
+    base.log.event(options.method, -1, "affine augmentation", f"run 0 (identity): loss {base.final_loss:.5f}")
     for run in range(1, augmentations + 1):
         matrix = random_affine(rng, f.shape[2:], spacing, rotation_deg=rotation_deg, scaling=scaling,
                                translation_mm=translation_mm)
         fa, ma = augment_volume(f, matrix), augment_volume(m, matrix)
         ka = None if k is None else augment_volume(k, matrix, mode="nearest")
-        if ka is not None and not bool(ka.any()):
-            ka = None
-        result = register(fa[0, 0], ma[0, 0], model, method, mask=None if ka is None else ka[0, 0],
-                          seed=seed + run, device=dev, **register_kwargs)
+        ka = None if ka is None or not bool(ka.any()) else ka[0, 0]
+        result = register(fa[0, 0], ma[0, 0], model, options=options.updated(seed=options.seed + run), mask=ka,
+                          **common)
         total += field_from_augmented(result.displacement, matrix)
-        base.log.event(method, -1, "affine augmentation", f"run {run}: loss {result.final_loss:.5f} "
-                                                          "(augmented frame)")
+        base.log.event(options.method, -1, "affine augmentation",
+                       f"run {run}: loss {result.final_loss:.5f} (augmented frame)")
     average = total / (augmentations + 1)
-    pair = Pair(scale_to_unit(f), scale_to_unit(m), lam=register_kwargs.get("lam", DEFAULT_LAMBDA), mask=k)
+    images = (scale_to_unit(f), scale_to_unit(m)) if scale_intensities else (f, m)
+    pair = Pair(*images, lam=options.lam, mask=k)
     # replace() keeps every field of the base run (precision, memory format...) that the average shares.
     return dataclasses.replace(base, displacement=average.detach(), seconds=time.perf_counter() - started,
                                final_loss=pair.loss_of(average))

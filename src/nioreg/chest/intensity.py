@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.ct_windows import LUNG_RECIPE_WINDOW
+from ..io.ct_windows import LUNG_RECIPE_WINDOW, to_unit_range
 
 __all__ = ["CT_WINDOW", "ct_window", "to_hu"]
 
@@ -36,7 +36,4 @@ def to_hu(array: np.ndarray, offset: float | str = "auto") -> tuple[np.ndarray, 
 
 def ct_window(hu: np.ndarray, window: tuple[float, float] = CT_WINDOW) -> np.ndarray:
     """Clip HU to ``window`` (``(low, high)``) and scale linearly to [0, 1] (float32)."""
-    lo, hi = float(window[0]), float(window[1])
-    if not hi > lo:
-        raise ValueError(f"window must be (low, high) with high > low, got {window}")
-    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return to_unit_range(hu, float(window[0]), float(window[1]))

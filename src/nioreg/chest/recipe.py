@@ -2,74 +2,65 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import functools
+from typing import Sequence
 
 import numpy as np
-from torch import Tensor, nn
+from torch import nn
 
-from ..methods import RegistrationResult, register
+from ..io.preprocess import Preprocessing
+from ..methods import RegistrationOptions, RegistrationResult, register
 from ..methods.registry import get_method, method_names
-from ..spatial import resolve_smoothing
+from ..pipeline import Registrar
 from .augment import register_with_affine_augmentation
 from .intensity import CT_WINDOW, ct_window
 from .mask import lung_mask
 
-__all__ = ["LUNG_ITERATIONS", "parse_method_spec", "register_lung"]
+__all__ = ["LUNG_ITERATIONS", "LUNG_PREPROCESSING", "LUNG_PRESET", "lung_options", "lung_registrar", "register_lung"]
 
 LUNG_PRESET = "lung"
 """The method registry's chest-4DCT preset: IO η = 200 (Table 2), NIO_m [100, 60, 60] (Implementation)."""
 LUNG_ITERATIONS: dict[str, list[int]] = {name: get_method(name).iterations_for(LUNG_PRESET) for name in method_names()}
-"""Each built-in method's iterations under the lung preset."""
+"""Each built-in method's iterations under the lung preset (a view of the method registry)."""
+
+LUNG_PREPROCESSING = Preprocessing(ct_window="lung-recipe")
+"""What :func:`nioreg.pipeline.register_volumes` applies for the recipe to a model that records no
+preprocessing: the recipe's CT window (:data:`nioreg.io.ct_windows.LUNG_RECIPE_WINDOW`)."""
 
 
-def parse_method_spec(spec: str) -> tuple[str, list[int]]:
-    """``"ff"``, ``"io:200"``, ``"nio:50"``, ``"nio_m:100,60,60"`` -> (method, iterations).
+def lung_options(options: RegistrationOptions | str | None = None) -> RegistrationOptions:
+    """``options`` with the lung preset's iterations unless the caller chose iterations or a preset."""
+    options = RegistrationOptions(method=options) if isinstance(options, str) else options or RegistrationOptions()
+    return options if options.iterations is not None or options.preset else options.updated(preset=LUNG_PRESET)
 
-    Without a count the chest-4DCT defaults apply (:data:`LUNG_ITERATIONS`).
-    """
-    text = str(spec).strip().lower()
-    name, _, counts = text.partition(":")
-    name = name.strip()
-    if name not in method_names():
-        raise ValueError(f"unknown method {spec!r}; use ff, io[:N], nio[:N] or nio_m[:N1,N2,N3]")
-    if not counts.strip():
-        return name, list(LUNG_ITERATIONS[name])
-    try:
-        iterations = [int(c) for c in counts.replace(" ", "").split(",") if c]
-    except ValueError:
-        raise ValueError(f"method {spec!r}: iterations must be integers separated by commas") from None
-    expected = get_method(name).iteration_counts
-    if len(iterations) != expected:
-        raise ValueError(f"method {spec!r}: {name} takes {expected} iteration count(s), got {iterations}")
-    return name, iterations
+
+def lung_registrar(augment: int = 0, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> Registrar:
+    """:func:`nioreg.register`, or test-time affine augmentation with ``augment`` extra runs."""
+    if augment <= 0:
+        return register
+    return functools.partial(register_with_affine_augmentation, augmentations=int(augment), spacing=tuple(spacing))
 
 
 def register_lung(
     fixed_hu: np.ndarray,
     moving_hu: np.ndarray,
     model: nn.Module,
-    method: str = "nio_m",
+    options: RegistrationOptions | str | None = None,
     *,
-    iterations: Sequence[int] | None = None,
     mask: np.ndarray | str | None = "auto",
     window: tuple[float, float] = CT_WINDOW,
-    smoothing: Callable[[Tensor], Tensor] | str | bool | None = None,
     augment: int = 0,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    seed: int = 0,
-    **register_kwargs,
 ) -> RegistrationResult:
     """Register a chest-CT pair in HU (same grid) with the lung recipe.
 
-    ``iterations`` default to :data:`LUNG_ITERATIONS`; ``mask="auto"`` computes :func:`lung_mask` on the
-    fixed image (``None``: no mask; an array: that mask); images are windowed with :func:`ct_window`
-    (``window``: ``(low, high)`` HU, default :data:`CT_WINDOW`); ``smoothing`` is resolved by
-    :func:`nioreg.spatial.resolve_smoothing` (``"bspline"`` or ``True``: :class:`~nioreg.spatial.BSplineSmoothing`;
-    a callable is used as is);
-    ``augment`` > 0 adds that many affine-augmented runs (:func:`register_with_affine_augmentation`,
-    ``spacing`` in mm per array axis). Other keywords go to :func:`nioreg.register`.
+    ``options`` as for :func:`nioreg.register` (a bare method name allowed); without iterations the lung
+    preset applies (:func:`lung_options`); ``options.smoothing="bspline"`` selects the B-spline-like model.
+    ``mask="auto"`` computes :func:`lung_mask` on the fixed image (``None``: no mask; an array: that mask);
+    images are windowed with :func:`ct_window` (``window``: ``(low, high)`` HU, default :data:`CT_WINDOW`);
+    ``augment`` > 0 adds that many affine-augmented runs (:func:`lung_registrar`, ``spacing`` in mm per array
+    axis).
     """
-    iters = list(LUNG_ITERATIONS[method]) if iterations is None else list(iterations)
     if isinstance(mask, str):
         if mask != "auto":
             raise ValueError(f"mask must be 'auto', None or an array, got {mask!r}")
@@ -78,9 +69,5 @@ def register_lung(
         mask = (np.asarray(mask) > 0).astype(np.float32)
         if not mask.any():
             mask = None
-    kwargs = dict(iterations=iters if method != "ff" else None, smoothing=resolve_smoothing(smoothing), **register_kwargs)
     fixed, moving = ct_window(fixed_hu, window), ct_window(moving_hu, window)
-    if augment > 0:
-        return register_with_affine_augmentation(fixed, moving, model, method, augmentations=augment,
-                                                 spacing=spacing, mask=mask, seed=seed, **kwargs)
-    return register(fixed, moving, model, method, mask=mask, seed=seed, **kwargs)
+    return lung_registrar(augment, spacing)(fixed, moving, model, options=lung_options(options), mask=mask)

@@ -3,8 +3,8 @@
 Both protocols register a learned method (ff, io, nio, nio_m) the way ``nioreg register`` does,
 through :func:`nioreg.pipeline.register_volumes`: a model that records its preprocessing (``nioreg train``
 writes it into the model file: intensity normalisation, CT window, voxel spacing) sees the pair as it was
-trained, and the displacement comes back in voxels of the fixed grid. Models without a record get the
-inputs as the protocol prepared them, min-max scaled by :func:`nioreg.register`.
+trained, and the displacement comes back in voxels of the fixed grid. A model without a record gets the
+protocol's default preprocessing (the chest recipe's CT window), or min-max scaling by :func:`nioreg.register`.
 """
 
 from __future__ import annotations
@@ -28,37 +28,15 @@ def registration_options(spec: MethodSpec, *, lam: float, seed: int, device: str
 
 
 def register_spec(net, spec: MethodSpec, fixed: Volume, moving: Volume, *, mask: Volume | None = None,
-                  augment: int = 0, progress: bool = False, **defaults):
+                  progress: bool = False, default_preprocessing=None, registrar=None, **defaults):
     """Register ``moving`` (on the fixed grid) to ``fixed`` with a learned ``spec``; returns (result, view).
 
-    ``defaults`` are the run's λ, seed, device and smoothing (:func:`registration_options`). ``augment`` > 0
-    averages that many affine-augmented registrations with the plain one
-    (:func:`nioreg.chest.register_with_affine_augmentation`), on the grid the model works on.
+    ``defaults`` are the run's λ, seed, device and smoothing (:func:`registration_options`).
+    ``default_preprocessing`` is the protocol's preprocessing for models that record none, ``registrar`` its
+    replacement of :func:`nioreg.register` (e.g. test-time augmentation); see
+    :func:`nioreg.pipeline.register_volumes`.
     """
     from ..pipeline import register_volumes
 
-    options = registration_options(spec, **defaults)
-    if augment <= 0:
-        return register_volumes(net, fixed, moving, options, mask=mask, progress=progress)
-    return _register_augmented(net, options, fixed, moving, mask, augment, progress)
-
-
-def _register_augmented(net, options: RegistrationOptions, fixed: Volume, moving: Volume, mask: Volume | None,
-                        augment: int, progress: bool):
-    """Test-time affine augmentation on the model's view of the pair, the field mapped back to the fixed grid."""
-    import numpy as np
-
-    from ..io import same_grid
-    from ..chest import register_with_affine_augmentation
-    from ..pipeline import model_view
-    from ..spatial import regrid_displacement
-
-    view = model_view(net, fixed, moving, mask)
-    view_mask = None if view.mask is None else (view.mask.array > 0).astype(np.float32)
-    result = register_with_affine_augmentation(
-        view.fixed.array, view.moving.array, net, options.method, augmentations=augment,
-        spacing=view.fixed.spacing, mask=view_mask, seed=options.seed, device=options.device, lam=options.lam,
-        options=options, scale_intensities=view.preprocessing is None, progress=progress)
-    if not same_grid(view.fixed, fixed):
-        result.displacement = regrid_displacement(result.displacement, view.fixed.affine, fixed.affine, fixed.shape)
-    return result, view
+    return register_volumes(net, fixed, moving, registration_options(spec, **defaults), mask=mask, progress=progress,
+                            default_preprocessing=default_preprocessing, registrar=registrar)

@@ -29,6 +29,23 @@ def format_mean_std(mean: float, std: float, digits: int = 3, mark: str = "") ->
     return f"{mean:.{digits}f} ± {std:.{digits}f}{mark}"
 
 
+def machine_line(run: dict) -> str:
+    """``- machine: ...`` of report.md, from the run's provenance."""
+    prov = run.get("provenance", {})
+    return (f"- machine: {prov.get('device', '?')}, torch {prov.get('torch', '?')}, nioreg {prov.get('nioreg', '?')}, "
+            f"{prov.get('platform', '')}")
+
+
+def notes_section(notes: list[str], run: dict) -> list[str]:
+    """The ``## Notes`` lines of report.md: the protocol's ``notes``, then the missing and failed cases."""
+    notes = list(notes)
+    if not run["complete"]:
+        notes.append(f"- **incomplete**: missing cases {run['missing_cases']} (rerun the same command to resume).")
+    if run["failed_cases"]:
+        notes.append(f"- failed cases (see the .error.txt files): {', '.join(run['failed_cases'][:10])}")
+    return ["", "## Notes", ""] + notes if notes else []
+
+
 def merge_with_report(out: str | Path, *, options: EvaluateOptions | None = None, provenance: dict | None = None,
                       failures: list | None = None) -> tuple[dict, Report]:
     """Read ``OUT/plan.json`` and every finished case; write ``run.json``, the protocol's files and ``report.md``.

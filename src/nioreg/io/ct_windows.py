@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["CTWindow", "CT_WINDOWS", "LUNG_RECIPE_WINDOW"]
+import numpy as np
+
+__all__ = ["CTWindow", "CT_WINDOWS", "LUNG_RECIPE_WINDOW", "to_unit_range"]
 
 
 class CTWindow(NamedTuple):
@@ -58,3 +60,15 @@ CT_WINDOWS: dict[str, CTWindow] = {
 
 LUNG_RECIPE_WINDOW: CTWindow = CT_WINDOWS["lung-recipe"]
 """The chest 4D-CT recipe's window, ``[-1000, 200]`` HU; not the ``"lung"`` preset (module docstring)."""
+
+
+def to_unit_range(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clip ``array`` to ``[low, high]`` and map that range linearly to ``[0, 1]`` (float32).
+
+    The one intensity mapping of nioreg: CT windows (training, registration and the chest recipe) and
+    percentile normalisation all go through it, so the same window always gives the same numbers.
+    """
+    if not high > low:
+        raise ValueError(f"window must be (low, high) with high > low, got ({low}, {high})")
+    out = (np.clip(np.asarray(array, dtype=np.float32), low, high) - np.float32(low)) / np.float32(high - low)
+    return out.astype(np.float32, copy=False)

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage
 
-from .ct_windows import CT_WINDOWS, CTWindow
+from .ct_windows import CT_WINDOWS, CTWindow, to_unit_range
 from .errors import InputError
 from .resample import resample_to, same_grid
 from .volume import Volume, load_image, load_labels, parse_orientation
@@ -204,8 +204,7 @@ class Preprocessing:
                 self.ct_window is None and self.percentiles is not None) else "its intensity range"
             raise InputError(f"{name}: {how} are both {lo:g}; cannot scale to [0, 1] "
                              "(a nearly constant image? try other --percentiles)")
-        out = (np.clip(np.asarray(array, dtype=np.float32), lo, hi) - np.float32(lo)) / np.float32(hi - lo)
-        return out.astype(np.float32, copy=False)
+        return to_unit_range(array, lo, hi)
 
     # ------------------------------------------------------------------------------------------ geometry
     def target_grid(self, volume: Volume) -> Volume:

@@ -27,6 +27,7 @@ import numpy as np
 from ..harness import Report
 from ..metrics import lowest_fraction, mean_std, significance_mark, wilcoxon_p
 from ..report import format_mean_std as _fmt
+from ..report import machine_line, notes_section
 from ..report import write_text as _write_text
 from ..specs import SpecError, resolve_reference
 from .brain import CASES_DIR, BrainPlan, case_name
@@ -304,7 +305,6 @@ def report(out: Path, plan: BrainPlan, results: dict[str, dict[str, dict]], figu
 def report_markdown(plan: BrainPlan, summary: dict, run: dict, files: list[Path], out: Path) -> str:
     figures = [f for f in files if f.parent.name == FIGURES]
     n_atlas, n_subjects = len(plan.atlases), len(plan.subjects)
-    prov = run.get("provenance", {})
     lines = [
         "# nioreg evaluate: brain atlas registration",
         "",
@@ -313,8 +313,7 @@ def report_markdown(plan: BrainPlan, summary: dict, run: dict, files: list[Path]
         f"- model: `{plan.model}`" + (f" (variant {plan.variant})" if plan.variant else "") + f"; λ = {plan.lam}; "
         f"seed {plan.seed}" + (f"; orientation override {plan.orientation}" if plan.orientation else ""),
         f"- structures: {'all labels present in atlas or subject' if not plan.labels else ', '.join(map(str, plan.labels))}",
-        f"- machine: {prov.get('device', '?')}, torch {prov.get('torch', '?')}, nioreg {prov.get('nioreg', '?')}, "
-        f"{prov.get('platform', '')}",
+        machine_line(run),
         "",
         markdown_table(summary),
         "",
@@ -335,12 +334,7 @@ def report_markdown(plan: BrainPlan, summary: dict, run: dict, files: list[Path]
             notes.append(f"- `{r['method']}`: deformation converted to nioreg's convention; re-warping with nioreg "
                          f"reproduces the tool's own warped image to {r['conversion_max_abs_diff']:.1e} "
                          "(max abs difference / intensity range, interior voxels).")
-    if not run["complete"]:
-        notes.append(f"- **incomplete**: missing cases {run['missing_cases']} (rerun the same command to resume).")
-    if run["failed_cases"]:
-        notes.append(f"- failed cases (see the .error.txt files): {', '.join(run['failed_cases'][:10])}")
-    if notes:
-        lines += ["", "## Notes", ""] + notes
+    lines += notes_section(notes, run)
     if figures:
         lines += ["", "## Figures", ""]
         for f in figures:

@@ -236,20 +236,22 @@ class DirLabProtocol(Protocol):
                                  hu_offset=plan.hu_offset, min_size=MIN_SIZE, save_field=plan.save_fields)
 
     def register(self, spec: MethodSpec, case: "data.ChestCase", net, run: RunContext) -> MethodOutput:
+        from ...chest import LUNG_PREPROCESSING, lung_registrar
         from ..registration import register_spec
 
         if spec.kind == "identity":
             return MethodOutput(None, 0.0)
         plan: DirLabPlan = run.plan  # type: ignore[assignment]
-        fixed, moving, intensities = data.network_inputs(net, case)
         started = time.perf_counter()
-        result, view = register_spec(net, spec, fixed, moving, mask=case.mask, augment=plan.augment, lam=plan.lam,
+        # The augmentations are drawn in mm of the case's grid (the model's grid differs only when it records
+        # a voxel spacing; the fields are mapped back exactly either way).
+        result, view = register_spec(net, spec, case.fixed, case.moving, mask=case.mask, lam=plan.lam,
                                      seed=plan.seed, device=run.device, smoothing=plan.smoothing,
-                                     progress=run.options.progress)
+                                     progress=run.options.progress, default_preprocessing=LUNG_PREPROCESSING,
+                                     registrar=lung_registrar(plan.augment, case.fixed.spacing))
         details = result.summary()
         details.pop("loss_curve", None)
-        details["intensities"] = view.description if view.preprocessing is not None else intensities
-        details["registration_grid"] = list(view.fixed.shape)
+        details.update(intensities=view.description, registration_grid=list(view.fixed.shape))
         return MethodOutput(result.displacement, time.perf_counter() - started, details)
 
     def score(self, case: "data.ChestCase", output: MethodOutput) -> Scored:

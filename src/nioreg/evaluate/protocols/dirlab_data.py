@@ -24,9 +24,9 @@ from ...io.dirlab import (
     parse_case_phase,
     read_landmarks,
 )
-from ...chest import CT_WINDOW, ct_window, lung_mask, to_hu
+from ...chest import lung_mask, to_hu
 
-__all__ = ["ChestCase", "available_cases", "network_inputs", "parse_case_phase", "prepare_case", "read_case"]
+__all__ = ["ChestCase", "available_cases", "parse_case_phase", "prepare_case", "read_case"]
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -172,20 +172,3 @@ def prepare_case(data: DirLabCase, *, roi: str, crop_margin_mm: float | None, hu
         fixed_points=_voxels(_world(fixed_points, fixed.affine), affine),
         moving_points=_voxels(_world(data.landmarks["T50"], moving.affine), affine), info=info,
         save_field=save_field)
-
-
-def network_inputs(net, case: ChestCase) -> tuple[Volume, Volume, str]:
-    """The pair a network is given, and how its intensities were made.
-
-    A model that records its preprocessing gets the HU images (``register_volumes`` applies its record,
-    e.g. the CT window of ``nioreg train --ct-window``); one without a record gets the lung recipe's
-    window, :data:`nioreg.chest.CT_WINDOW` -> [0, 1].
-    """
-    from ...io.preprocess import Preprocessing
-
-    if Preprocessing.from_metadata(getattr(net, "metadata", {})) is not None:
-        return case.fixed, case.moving, "the model's recorded preprocessing"
-    lo, hi = CT_WINDOW
-    fixed = Volume(ct_window(case.fixed.array, CT_WINDOW), case.fixed.affine)
-    moving = Volume(ct_window(case.moving.array, CT_WINDOW), case.moving.affine)
-    return fixed, moving, f"lung recipe: CT window [{lo:g}, {hi:g}] HU -> [0, 1]"

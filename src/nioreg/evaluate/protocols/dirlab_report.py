@@ -18,7 +18,7 @@ from ...io import write_json_atomic
 from ...measures import TRE_THRESHOLD_MM, tre_statistics
 from ..harness import Report
 from ..metrics import significance_mark, wilcoxon_p
-from ..report import write_text
+from ..report import machine_line, notes_section, write_text
 from ..specs import MethodSpec
 
 if TYPE_CHECKING:
@@ -83,11 +83,13 @@ def report(out: Path, plan: "DirLabPlan", results: dict[str, dict[str, dict]],
             pooled[name] = tre_statistics(np.concatenate([_errors(finished[c]) for c in plan.cases if c in finished]))
             pooled[name]["std_of_case_means"] = float(np.std([case_stats[int(r["case"])][name]["mean"]
                                                               for r in finished.values()]))
+    fell_back = {name: sum(bool(r.get("fell_back_to_feedforward")) for r in results[spec.label].values())
+                 for spec, name in zip(plan.all_methods, columns)}
     tests = _tests(plan, results, column)
     table = format_table(case_stats, pooled, columns, {c: t["mark"] for c, t in tests.items()})
     reference = next((column(s) for s in plan.methods if s.label == plan.reference), None)
     summary = {"cases": {str(k): case_stats[k] for k in sorted(case_stats)}, "pooled": pooled, "columns": columns,
-               "table": table, "reference": reference, "tests": tests,
+               "table": table, "reference": reference, "tests": tests, "fell_back": fell_back,
                "config": plan.settings(), "models": plan.models}
     write_json_atomic(out / "summary.json", summary)
     write_text(out / "table.md", table + "\n")
@@ -95,7 +97,6 @@ def report(out: Path, plan: "DirLabPlan", results: dict[str, dict[str, dict]],
 
 
 def report_markdown(plan: "DirLabPlan", run: dict, report: Report) -> str:
-    prov = run.get("provenance", {})
     models = sorted({m for m in (plan.models or {}).values() if m})
     lines = [
         "# nioreg evaluate: DIR-Lab chest 4D-CT (T50 -> T00, landmark TRE in mm)",
@@ -105,8 +106,7 @@ def report_markdown(plan: "DirLabPlan", run: dict, report: Report) -> str:
         + f"; λ = {plan.lam}; seed {plan.seed}",
         f"- ROI {plan.roi}; crop margin {plan.crop_margin_mm} mm; HU offset {plan.hu_offset}; smoothing "
         f"{plan.smoothing or 'none'}; affine test-time augmentations {plan.augment}",
-        f"- machine: {prov.get('device', '?')}, torch {prov.get('torch', '?')}, nioreg {prov.get('nioreg', '?')}, "
-        f"{prov.get('platform', '')}",
+        machine_line(run),
         "",
         report.table,
         "",
@@ -116,13 +116,9 @@ def report_markdown(plan: "DirLabPlan", run: dict, report: Report) -> str:
     if report.summary["reference"]:
         lines.append(f"Marks: paired two-sided Wilcoxon signed-rank test of the landmark errors against "
                      f"`{report.summary['reference']}`: † p < 0.001, * p < 0.05.")
-    notes = []
-    if not run["complete"]:
-        notes.append(f"- **incomplete**: missing cases {run['missing_cases']} (rerun the same command to resume).")
-    if run["failed_cases"]:
-        notes.append(f"- failed cases (see the .error.txt files): {', '.join(run['failed_cases'][:10])}")
-    if notes:
-        lines += ["", "## Notes", ""] + notes
+    notes = [f"- `{column}`: fell back to feed-forward on {n} case(s) (safeguard)."
+             for column, n in report.summary["fell_back"].items() if n]
+    lines += notes_section(notes, run)
     lines += ["", "Files: `table.md` (this table), `summary.json` (statistics per case and pooled, tests), "
               "`run.json` (everything, with provenance), `case<N>/<method>.json` (all landmark errors of a case).", ""]
     return "\n".join(lines)
