@@ -395,7 +395,8 @@ def test_import_official(tmp_path):
     m = load_model(out)
     meta = m.metadata
     assert meta["source_file"] == "LDR_lite_fea2.pth" and meta["variant"] == "clapirn-lite"
-    assert "MIT" in meta["licence_note"] and "TonyMok" in meta["licence_note"]
+    # the copyright line of cwmok/Conditional_LapIRN's LICENSE.md (cwmok/LapIRN's says "2020 TonyMok")
+    assert "MIT" in meta["licence_note"] and "Copyright (c) 2021 Tony Mok" in meta["licence_note"]
     assert meta["trained_on"] == "OASIS" and len(meta["source_sha256"]) == 64
     assert m.config["lambda_to_code"] == "official_clapirn" and m.config["lite"] and m.config["conditional"]
     mov, fix = _pair((16, 16, 16))

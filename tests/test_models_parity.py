@@ -105,13 +105,18 @@ def test_import_official_checkpoint(tmp_path):
         assert torch.equal(model.state_dict()[k], v)
 
 
-def test_official_checkpoint_errors():
+def test_official_checkpoint_errors(tmp_path):
     disp = WEIGHTS / CHECKPOINTS["disp"]
     lite = WEIGHTS / CHECKPOINTS["clapirn-lite"]
     _need(disp, lite)
+    # The published file is recognised by its SHA-256 (model registry); other plain state_dicts need a variant.
+    assert load_model(disp).metadata["registry_name"] == "lapirn-oasis-disp"
+    changed = tmp_path / "LapIRN_disp_finetuned.pth"
+    weights = torch.load(disp, map_location="cpu", weights_only=True)
+    torch.save({k: v + 1e-3 if k == "input_encoder_lvl1.0.weight" else v for k, v in weights.items()}, changed)
     with pytest.raises(ModelFileError, match="variant") as info:
-        load_model(disp)
-    assert disp.name in str(info.value)
+        load_model(changed)
+    assert changed.name in str(info.value)
     with pytest.raises(ModelFileError, match="does not fit variant 'clapirn-lite'") as info:
         load_model(disp, variant="clapirn-lite")
     assert disp.name in str(info.value) and "disp (start_channel 7)" in str(info.value)

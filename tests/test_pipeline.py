@@ -224,3 +224,131 @@ def test_an_image_too_small_at_the_model_spacing_is_explained(files, tmp_path):
     assert result.exit_code == 2
     assert "model's voxel size (3×3×3 mm)" in result.output and "fixed.nii.gz" in result.output
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ nothing silently wrong (#17)
+
+
+def register_ff(files, out, *extra, **replace):
+    paths = {**{k: files[k] for k in ("fixed", "moving", "model")}, **replace}
+    return run("register", "--fixed", paths["fixed"], "--moving", paths["moving"], "--model", paths["model"],
+               "--method", "ff", "--out", out, "--quiet", *extra)
+
+
+@pytest.mark.parametrize("pixdim", [0.0, -1.0, float("nan")])
+def test_a_bad_voxel_size_in_the_header_is_refused_naming_the_file(files, tmp_path, pixdim):
+    import struct
+
+    image = nib.load(files["moving"])
+    bad = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine)
+    bad.set_qform(image.affine, code=1)
+    bad.set_sform(None, code=0)  # the qform (built from pixdim) is the geometry
+    path = tmp_path / "bad_voxels.nii"
+    nib.save(bad, path)
+    raw = bytearray(path.read_bytes())
+    raw[88:92] = struct.pack("<f", pixdim)  # pixdim[3], written past nibabel, which would "fix" it
+    path.write_bytes(bytes(raw))
+    result = register_ff(files, tmp_path / "out", moving=path)
+    assert result.exit_code == 2 and "bad_voxels.nii" in result.output and "voxel size" in result.output
+
+
+def test_out_is_checked_before_any_computation(files, tmp_path, monkeypatch):
+    import nioreg.pipeline
+
+    monkeypatch.setattr(nioreg.pipeline, "load_model", lambda *a, **k: pytest.fail("computed before checking --out"))
+    taken = tmp_path / "a_file"
+    taken.write_text("x")
+    result = register_ff(files, taken)
+    assert result.exit_code == 2 and "is a file" in result.output and "a_file" in result.output
+    monkeypatch.setattr(nioreg.io.output_folder, "_writable", lambda folder: False)
+    result = register_ff(files, tmp_path / "locked_out")
+    assert result.exit_code == 2 and "not writable" in result.output
+
+
+def test_a_second_run_replaces_the_whole_set(files, tmp_path):
+    out = tmp_path / "out"
+    first = register_ff(files, out, "--fixed-labels", files["fixed_labels"], "--moving-labels", files["moving_labels"])
+    assert first.exit_code == 0 and (out / "warped_labels.nii.gz").exists()
+    second = register_ff(files, out)
+    assert second.exit_code == 0, second.output
+    assert not (out / "warped_labels.nii.gz").exists()  # the first run's labels would not belong to this run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(metrics["outputs"])
+
+
+def test_a_running_registration_locks_its_output_folder(files, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".nioreg.lock").write_text(f"{sleeper.pid}\n")
+        result = register_ff(files, out)
+        assert result.exit_code == 2 and "in use by another nioreg run" in result.output
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert register_ff(files, out).exit_code == 0  # a lock of a finished process is taken over
+    assert not (out / ".nioreg.lock").exists() and os.listdir(out)
+
+
+def test_non_overlapping_images_and_an_empty_mask_are_explained(files, tmp_path):
+    image = nib.load(files["moving"])
+    far = image.affine.copy()
+    far[:3, 3] += 1000.0
+    path = tmp_path / "far_away.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), far), path)
+    result = register_ff(files, tmp_path / "o1", moving=path)
+    assert result.exit_code == 2 and "does not overlap" in result.output and "far_away.nii.gz" in result.output
+    mask = tmp_path / "empty_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), image.affine), mask)
+    result = register_ff(files, tmp_path / "o2", "--mask", mask)
+    assert result.exit_code == 2 and "empty_mask.nii.gz" in result.output and "no voxel" in result.output
+
+
+def test_different_label_sets_are_warned_about(files, tmp_path):
+    labels = np.asanyarray(nib.load(files["moving_labels"]).dataobj).astype(np.int16)
+    other = tmp_path / "other_labels.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(labels > 0, labels + 100, 0).astype(np.int16), nib.load(files["fixed"]).affine),
+             other)
+    result = register_ff(files, tmp_path / "out", "--fixed-labels", files["fixed_labels"], "--moving-labels", other)
+    assert result.exit_code == 0
+    assert "warning: the label maps hold different labels" in result.output and "only in the moving labels: 10" in result.output
+
+
+def test_outputs_of_an_orientation_override_fit_the_original_files(files, tmp_path):
+    # the header claims LPS-like axes (a flipped first axis), as LPBA40's headers do; the override says RAS
+    sitk = pytest.importorskip("SimpleITK")
+    fixed_img, moving_img = nib.load(files["fixed"]), nib.load(files["moving"])
+    wrong = fixed_img.affine.copy()
+    wrong[0, 0] *= -1
+    wrong[1, 1] *= -1
+    paths = {}
+    for name, image in (("fixed", fixed_img), ("moving", moving_img)):
+        paths[name] = tmp_path / f"{name}_wrong_header.nii.gz"
+        affine = wrong.copy()
+        if name == "moving":
+            affine[:3, 3] += [3.0, -2.0, 1.0]  # the moving file also sits elsewhere in its own world
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj).astype(np.float32), affine), paths[name])
+    out = tmp_path / "out"
+    result = run("register", "--fixed", paths["fixed"], "--moving", paths["moving"], "--model", files["model"],
+                 "--method", "io", "--iters", "5", "--lr", "0.5", "--fixed-orientation", "RAS",
+                 "--moving-orientation", "RAS", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    warped = nib.load(out / "warped.nii.gz")
+    np.testing.assert_allclose(warped.affine, wrong, atol=1e-5)  # the fixed FILE's header, not the override
+    transform = sitk.DisplacementFieldTransform(sitk.ReadImage(str(out / "displacement_itk.nii.gz"),
+                                                               sitk.sitkVectorFloat64))
+    original_fixed, original_moving = sitk.ReadImage(str(paths["fixed"])), sitk.ReadImage(str(paths["moving"]))
+    theirs = sitk.GetArrayFromImage(sitk.Resample(original_moving, original_fixed, transform, sitk.sitkLinear,
+                                                  0.0)).transpose(2, 1, 0)
+    ours = warped.get_fdata()
+    disp = nib.load(out / "displacement_l2r.nii.gz").get_fdata()
+    target = np.indices(SHAPE).transpose(1, 2, 3, 0) + disp
+    inside = ndimage.binary_erosion(np.all((target >= 0) & (target <= np.array(SHAPE) - 1), axis=-1), iterations=2)
+    assert inside.mean() > 0.5
+    value_range = float(ours.max() - ours.min())
+    assert np.abs(theirs[inside] - ours[inside]).mean() < 1e-3 * value_range

@@ -17,6 +17,7 @@ from .defaults import DEFAULT_LAMBDA
 from .evaluate.command import evaluate_command
 from .methods.options import RegistrationOptions, iterations_from_text
 from .methods.registry import get_method, method_names, methods_help, preset_names
+from .models.command import models_app
 from .train.command import train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -56,7 +57,7 @@ def register(
     fixed: Path = typer.Option(..., "--fixed", help="Fixed image (NIfTI); the output grid."),
     moving: Path = typer.Option(..., "--moving", help="Moving image (NIfTI); resampled onto the fixed grid through its header."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
-    model: Optional[Path] = typer.Option(None, "--model", help="nioreg model file, or an official LapIRN .pth with --variant (default: the brain model shipped with nioreg, see README)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Registered model name (nioreg models list), nioreg model file, or an official LapIRN .pth with --variant (default: lapirn-lpba40-3mm, shipped with nioreg)."),
     method: str = typer.Option("nio_m", "--method", help=methods_help()),
     fixed_labels: Optional[Path] = typer.Option(None, "--fixed-labels", help="Fixed label map (for Dice)."),
     moving_labels: Optional[Path] = typer.Option(None, "--moving-labels", help="Moving label map, warped with nearest neighbour."),
@@ -92,6 +93,8 @@ def register(
         line += f", DSC {metrics['dice']['mean_before']:.3f} -> {metrics['dice']['mean']:.3f}"
     line += f", std|J| {metrics['jacobian_std']:.3f}"
     typer.echo(line)
+    for warning in metrics.get("warnings", []):
+        typer.echo(f"nioreg: warning: {warning}", err=True)
     for event in result.log.events:
         typer.echo(f"  note: {event['stage']} it {event['iteration']}: {event['event']}: {event['detail']}")
     typer.echo(f"wrote {out}")
@@ -133,6 +136,7 @@ def demo(
 # Commands defined beside their subsystems (they import only typer at load time, so --help stays fast).
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import platform
 import shlex
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -41,6 +41,7 @@ from .io import (
     save_nifti,
     write_json_atomic,
 )
+from .io.output_folder import OutputFolder
 from .io.preprocess import Preprocessing
 from .methods import MIN_SIZE, RegistrationOptions, RegistrationResult, Safeguards, register
 from .models import default_model_path, load_model
@@ -65,6 +66,19 @@ class RegistrationInputs:
     moving_labels: Volume | None = None
     mask: Volume | None = None
     moving_resampled: bool = False
+    moving_world: np.ndarray = field(default_factory=lambda: np.eye(4))
+    """Maps the world the registration works in to the moving FILE's world (RAS mm): the identity, unless
+    ``--moving-orientation`` or ``--fixed-orientation`` overrode a header (outputs must fit the user's files)."""
+
+    @property
+    def output_affine(self) -> np.ndarray:
+        """The fixed FILE's own voxel -> RAS affine: every output is written with it."""
+        return self.fixed.affine if self.fixed.header_affine is None else self.fixed.header_affine
+
+    @property
+    def field_target_affine(self) -> np.ndarray:
+        """Maps a pulled position ``x + u(x)`` (fixed-grid voxels) to the moving file's world (RAS mm)."""
+        return self.moving_world @ self.fixed.affine
 
 
 def load_inputs(
@@ -84,9 +98,15 @@ def load_inputs(
                          f"(every axis needs at least {MIN_SIZE} voxels)")
     moving_vol = load_image(moving, role="moving image", orientation=moving_orientation)
     inputs = RegistrationInputs(fixed_vol, moving_vol)
+    if moving_vol.header_affine is not None:
+        inputs.moving_world = moving_vol.header_affine @ np.linalg.inv(moving_vol.affine)
     if not same_grid(moving_vol, fixed_vol):
         inputs.moving = resample_to(moving_vol, fixed_vol, order=1)
         inputs.moving_resampled = True
+        if float(inputs.moving.array.min()) == float(inputs.moving.array.max()):
+            raise InputError(f"moving image '{moving}' does not overlap the fixed image '{fixed}' in world "
+                             "coordinates: resampled through the two headers it is empty. Check the headers "
+                             "(or --fixed-orientation/--moving-orientation), or align the images first")
     if fixed_labels is not None:
         inputs.fixed_labels = _on_grid(load_labels(fixed_labels, role="fixed label map",
                                                    orientation=fixed_orientation), fixed_vol)
@@ -95,6 +115,9 @@ def load_inputs(
                                                     orientation=moving_orientation), fixed_vol)
     if mask is not None:
         inputs.mask = _on_grid(load_labels(mask, role="mask", orientation=fixed_orientation), fixed_vol)
+        if not inputs.mask.array.any():
+            raise InputError(f"mask '{mask}': has no voxel > 0 on the fixed image's grid (empty, or it does not "
+                             f"overlap the fixed image '{fixed}')")
     return inputs
 
 
@@ -222,60 +245,83 @@ def register_files(
     """Register ``moving`` to ``fixed`` (NIfTI paths) with ``options`` and write the outputs into ``out_dir``.
 
     ``model=None`` uses the default model shipped in the package (:func:`nioreg.models.default_model_path`).
+    The output folder is checked and locked before any work (:class:`nioreg.io.OutputFolder`); the outputs
+    replace any previous set in it as a whole. Every output is written on the fixed FILE's header, also
+    when an orientation override was given, so it fits the files the user gave.
 
     Returns the result and the metrics dictionary that was written to ``metrics.json``.
     """
     options = options or RegistrationOptions()
-    out = Path(out_dir)
     model = default_model_path() if model is None else model
+    folder = OutputFolder(out_dir, OUTPUT_NAMES.values(), last=OUTPUT_NAMES["metrics"])
     given = [p for p in (fixed, moving, fixed_labels, moving_labels, mask, model) if p is not None]
     for name in OUTPUT_NAMES.values():
-        check_not_input(out / name, given)
-    inputs = load_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
-                         fixed_orientation=fixed_orientation, moving_orientation=moving_orientation)
-    net = load_model(model, variant=variant)
-    result, view = register_volumes(
-        net, inputs.fixed, inputs.moving, options, mask=inputs.mask, fixed_name=f"fixed image '{fixed}'",
-        moving_name=f"moving image '{moving}'", safeguards=safeguards, progress=progress)
-
-    warped = result.warp(inputs.moving.array)
-    metrics: dict = {
-        "inputs": {"fixed": str(fixed), "moving": str(moving), "fixed_labels": _str(fixed_labels),
-                   "moving_labels": _str(moving_labels), "mask": _str(mask),
-                   "moving_resampled_to_fixed_grid": inputs.moving_resampled,
-                   "fixed_orientation_override": fixed_orientation,
-                   "moving_orientation_override": moving_orientation},
-        "model": {"path": str(model), "config": getattr(net, "config", {}),
-                  "metadata": getattr(net, "metadata", {})},
-        "intensity_normalisation": view.description,
-        "registration_grid": {"shape": list(view.fixed.shape), "spacing_mm": [float(v) for v in view.fixed.spacing]},
-        **result.summary(),
-        **jacobian_statistics(result.jacobian_determinant()),
-        "conventions": "displacement_l2r: voxels, channel k along array axis k, pull; "
-                       "displacement_itk: LPS mm, ITK DisplacementFieldTransform (fixed point -> moving point)",
-        "provenance": provenance(result.device, options.seed),
-    }
-    warped_labels = None
-    if inputs.moving_labels is not None:
-        warped_labels = result.warp_labels(inputs.moving_labels.array)
-    if inputs.fixed_labels is not None and warped_labels is not None:
-        before = dice_per_label(inputs.fixed_labels.array, inputs.moving_labels.array)
-        after = dice_per_label(inputs.fixed_labels.array, warped_labels, labels=before.keys())
-        metrics["dice"] = {"mean_before": float(np.nanmean(list(before.values()))),
-                           "mean": float(np.nanmean(list(after.values()))),
-                           "per_label": {str(k): v for k, v in after.items()}}
-
-    # Everything succeeded: now write, each file atomically.
-    out.mkdir(parents=True, exist_ok=True)
-    affine = inputs.fixed.affine
-    disp = result.displacement[0].cpu().numpy()
-    save_nifti(out / OUTPUT_NAMES["warped"], warped.astype(np.float32), affine)
-    if warped_labels is not None:
-        save_nifti(out / OUTPUT_NAMES["warped_labels"], warped_labels.astype(np.int32), affine)
-    save_itk_displacement(out / OUTPUT_NAMES["itk"], disp, inputs.fixed)
-    save_l2r_displacement(out / OUTPUT_NAMES["l2r"], disp, inputs.fixed)
-    write_json_atomic(out / OUTPUT_NAMES["metrics"], metrics)
+        check_not_input(folder.path / name, given)
+    with folder:
+        inputs = load_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
+                             fixed_orientation=fixed_orientation, moving_orientation=moving_orientation)
+        net = load_model(model, variant=variant)
+        result, view = register_volumes(
+            net, inputs.fixed, inputs.moving, options, mask=inputs.mask, fixed_name=f"fixed image '{fixed}'",
+            moving_name=f"moving image '{moving}'", safeguards=safeguards, progress=progress)
+        warped_labels = None if inputs.moving_labels is None else result.warp_labels(inputs.moving_labels.array)
+        metrics = {
+            "inputs": {"fixed": str(fixed), "moving": str(moving), "fixed_labels": _str(fixed_labels),
+                       "moving_labels": _str(moving_labels), "mask": _str(mask),
+                       "moving_resampled_to_fixed_grid": inputs.moving_resampled,
+                       "fixed_orientation_override": fixed_orientation,
+                       "moving_orientation_override": moving_orientation},
+            "model": {"path": str(model), "config": getattr(net, "config", {}),
+                      "metadata": getattr(net, "metadata", {})},
+            "options": options.describe(),
+            "intensity_normalisation": view.description,
+            "registration_grid": {"shape": list(view.fixed.shape),
+                                  "spacing_mm": [float(v) for v in view.fixed.spacing]},
+            **result.summary(),
+            **jacobian_statistics(result.jacobian_determinant()),
+            **_label_overlap(inputs, warped_labels),
+            "conventions": "displacement_l2r: voxels, channel k along array axis k, pull; "
+                           "displacement_itk: LPS mm, ITK DisplacementFieldTransform (fixed point -> moving point)",
+            "provenance": provenance(result.device, options.seed),
+        }
+        metrics["outputs"] = _write_outputs(folder, result, inputs, warped_labels, metrics)
     return result, metrics
+
+
+def _label_overlap(inputs: RegistrationInputs, warped_labels: np.ndarray | None) -> dict:
+    """Dice before/after and, when the two label maps hold different label sets, a warning naming them."""
+    if inputs.fixed_labels is None or warped_labels is None:
+        return {}
+    fixed_set = set(np.unique(inputs.fixed_labels.array).tolist()) - {0}
+    moving_set = set(np.unique(inputs.moving_labels.array).tolist()) - {0}
+    before = dice_per_label(inputs.fixed_labels.array, inputs.moving_labels.array)
+    after = dice_per_label(inputs.fixed_labels.array, warped_labels, labels=before.keys())
+    out: dict = {"dice": {"mean_before": float(np.nanmean(list(before.values()))),
+                          "mean": float(np.nanmean(list(after.values()))),
+                          "per_label": {str(k): v for k, v in after.items()}}}
+    if fixed_set != moving_set:
+        only = lambda labels: ", ".join(map(str, sorted(labels)[:10])) + (" ..." if len(labels) > 10 else "")  # noqa: E731
+        out["warnings"] = [f"the label maps hold different labels (Dice is 0 for a label on one side only): "
+                           f"only in the fixed labels: {only(fixed_set - moving_set) or 'none'}; "
+                           f"only in the moving labels: {only(moving_set - fixed_set) or 'none'}"]
+    return out
+
+
+def _write_outputs(folder: OutputFolder, result: RegistrationResult, inputs: RegistrationInputs,
+                   warped_labels: np.ndarray | None, metrics: dict) -> list[str]:
+    """Stage every output, then replace the folder's previous set with them (metrics.json last)."""
+    affine = inputs.output_affine
+    grid = Volume(inputs.fixed.array, affine)
+    disp = result.displacement[0].cpu().numpy()
+    save_nifti(folder.stage(OUTPUT_NAMES["warped"]), result.warp(inputs.moving.array).astype(np.float32), affine)
+    if warped_labels is not None:
+        save_nifti(folder.stage(OUTPUT_NAMES["warped_labels"]), warped_labels, affine)
+    save_itk_displacement(folder.stage(OUTPUT_NAMES["itk"]), disp, grid, target_affine=inputs.field_target_affine)
+    save_l2r_displacement(folder.stage(OUTPUT_NAMES["l2r"]), disp, grid)
+    names = sorted(p.name for p in folder.stage(OUTPUT_NAMES["metrics"]).parent.iterdir()) + [OUTPUT_NAMES["metrics"]]
+    write_json_atomic(folder.stage(OUTPUT_NAMES["metrics"]), {**metrics, "outputs": names})
+    folder.commit()
+    return names
 
 
 def _str(path: str | Path | None) -> str | None:

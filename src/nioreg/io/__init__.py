@@ -32,6 +32,7 @@ _EXPORTS = {
     "orientation_matrix": "volume",
     "override_orientation": "volume",
     "parse_orientation": "volume",
+    "OutputFolder": "output_folder",
     "check_not_input": "write",
     "save_nifti": "write",
     "write_json_atomic": "write",

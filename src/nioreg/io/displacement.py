@@ -55,15 +55,28 @@ def _field(disp_vox: Any, fixed: Volume) -> np.ndarray:
 
 
 def save_itk_displacement(
-    path: str | os.PathLike, disp_vox: Any, fixed: Volume, *, inputs: Iterable = ()
+    path: str | os.PathLike, disp_vox: Any, fixed: Volume, *, target_affine: np.ndarray | None = None,
+    inputs: Iterable = (),
 ) -> Path:
     """Write a nioreg field as an ITK/ANTs displacement field (LPS mm, 5-D ``(X, Y, Z, 1, 3)``, intent 1007).
 
     Readable by ``SimpleITK.ReadImage(path, sitk.sitkVectorFloat64)`` -> ``sitk.DisplacementFieldTransform``,
     by ANTs (``antsApplyTransforms -t path``) and by ITK in general; the geometry is the fixed image's.
+    The field maps the fixed physical point of voxel ``x`` (``fixed.affine``) to the moving image's
+    physical point ``target_affine @ (x + u(x))``. ``target_affine`` defaults to ``fixed.affine`` (the moving
+    image lives in the same world, the usual case); it differs when the registration worked in another
+    world than the moving file's (an orientation override, a pre-alignment), so that the file still maps the
+    user's fixed file onto the user's moving file.
     """
     d = _field(disp_vox, fixed)
-    d_ras = np.einsum("ij,j...->i...", fixed.affine[:3, :3], d)
+    if target_affine is None or np.allclose(target_affine, fixed.affine, rtol=0, atol=1e-9):
+        d_ras = np.einsum("ij,j...->i...", fixed.affine[:3, :3], d)
+    else:
+        t = np.asarray(target_affine, dtype=np.float64)
+        grid = np.indices(fixed.shape, dtype=np.float64)
+        linear = t[:3, :3] - fixed.affine[:3, :3]  # T (x + u) - A x = (T - A) x + T u + (t - a)
+        d_ras = (np.einsum("ij,j...->i...", linear, grid) + np.einsum("ij,j...->i...", t[:3, :3], d)
+                 + (t[:3, 3] - fixed.affine[:3, 3]).reshape(3, 1, 1, 1))
     d_lps = d_ras * LPS_FROM_RAS.reshape(3, 1, 1, 1)
     data = np.moveaxis(d_lps, 0, -1)[:, :, :, None, :].astype(np.float32)
     return save_nifti(path, data, fixed.affine, intent="vector", inputs=inputs)

@@ -203,7 +203,7 @@ class Preprocessing:
             how = f"the {self.percentiles[0]:g}/{self.percentiles[1]:g} percentiles" if (
                 self.ct_window is None and self.percentiles is not None) else "its intensity range"
             raise InputError(f"{name}: {how} are both {lo:g}; cannot scale to [0, 1] "
-                             "(a nearly constant image? try other --percentiles)")
+                             "(a nearly constant image, or one that is mostly empty)")
         return to_unit_range(array, lo, hi)
 
     # ------------------------------------------------------------------------------------------ geometry

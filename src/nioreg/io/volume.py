@@ -146,11 +146,28 @@ def _check_path(path: str | os.PathLike, role: str) -> Path:
     return p
 
 
+def _stored_voxel_sizes(img: nib.Nifti1Image, p: Path) -> np.ndarray:
+    """``pixdim[1:4]`` as stored in the file: nibabel's loaded header has already replaced 0 by 1."""
+    with nib.openers.ImageOpener(str(p)) as handle:
+        raw = type(img.header).from_fileobj(handle, check=False)
+    return np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+
+
+def _check_voxel_sizes(sizes: np.ndarray, role: str, p: Path) -> None:
+    """Voxel sizes must be positive numbers: nibabel silently reads a zero ``pixdim`` as 1 mm."""
+    if not np.all(np.isfinite(sizes)) or np.any(sizes <= 0):
+        shown = ", ".join(f"{v:g}" for v in sizes)
+        raise input_error(role, p, f"has voxel size ({shown}) mm in its header (pixdim); every voxel size must "
+                          "be a positive number: fix the header (e.g. with nibabel or fslhd/fslcreatehd)")
+
+
 def _read_nifti(p: Path, role: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         img = nib.load(str(p))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise input_error(role, p, f"is not a NIfTI file (nibabel reads it as {type(img).__name__})")
+        if int(img.header["sform_code"]) == 0:  # the affine comes from pixdim (qform or fallback)
+            _check_voxel_sizes(_stored_voxel_sizes(img, p), role, p)
         affine = np.asarray(img.affine, dtype=np.float64)
         data = np.asanyarray(img.dataobj)
     except InputError:

@@ -1,47 +1,62 @@
-"""LapIRN-family networks for nioreg: architectures, official-checkpoint import, model files.
+"""LapIRN-family networks for nioreg: architectures, official-checkpoint import, model files, the model registry.
 
 The networks work in the OFFICIAL LapIRN field convention (normalised ``[-1, 1]`` units,
 ``align_corners=True``, channel 0 along the last array axis); :func:`official_to_voxel` and
 :func:`voxel_to_official` convert to and from nioreg's voxel convention (docs/conventions.md).
+
+Models are known by name too (:mod:`nioreg.models.zoo`, ``nioreg models list``): ``load_model("lapirn-oasis-disp")``.
 :func:`pyramid_downsample` is one step of the networks' image pyramid (the official average pooling), for
 code that needs a level's images exactly as the network sees them (e.g. the training loss).
+Names are imported lazily, so that the registry, the cache and ``nioreg models`` load without torch.
 """
 
-from ._official_ops import downsample as pyramid_downsample
-from .files import (
-    FORMAT,
-    FORMAT_VERSION,
-    OFFICIAL_VARIANTS,
-    ModelFileError,
-    import_official,
-    load_model,
-    official_config,
-    save_model,
-)
-from .lapirn import DEFAULT_CONFIG, LapIRN, LevelOutput, build_model, lambda_to_reg_code, normalise_config
-from .shipped import DEFAULT_MODEL, DEMO_MODEL, default_model_path, shipped_model_path
-from .units import official_to_voxel, voxel_to_official
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "LapIRN",
-    "LevelOutput",
-    "build_model",
-    "normalise_config",
-    "lambda_to_reg_code",
-    "DEFAULT_CONFIG",
-    "official_to_voxel",
-    "voxel_to_official",
-    "pyramid_downsample",
-    "save_model",
-    "load_model",
-    "import_official",
-    "official_config",
-    "ModelFileError",
-    "OFFICIAL_VARIANTS",
-    "FORMAT",
-    "FORMAT_VERSION",
-    "DEFAULT_MODEL",
-    "DEMO_MODEL",
-    "default_model_path",
-    "shipped_model_path",
-]
+_EXPORTS = {
+    "FORMAT": "files",
+    "FORMAT_VERSION": "files",
+    "OFFICIAL_VARIANTS": "files",
+    "import_official": "files",
+    "load_model": "files",
+    "official_config": "files",
+    "save_model": "files",
+    "DEFAULT_CONFIG": "lapirn",
+    "LapIRN": "lapirn",
+    "LevelOutput": "lapirn",
+    "build_model": "lapirn",
+    "lambda_to_reg_code": "lapirn",
+    "normalise_config": "lapirn",
+    "DEFAULT_MODEL": "shipped",
+    "DEMO_MODEL": "shipped",
+    "default_model_path": "shipped",
+    "shipped_model_path": "shipped",
+    "pyramid_downsample": "_official_ops:downsample",
+    "official_to_voxel": "units",
+    "voxel_to_official": "units",
+    "ModelFileError": "errors",
+    "UnknownModelError": "errors",
+    "ModelNotInstalledError": "errors",
+    "ChecksumMismatchError": "errors",
+    "DownloadError": "errors",
+    "ModelEntry": "zoo",
+    "MODELS": "zoo",
+    "get_entry": "zoo",
+    "model_names": "zoo",
+    "cache_root": "cache",
+    "models_dir": "cache",
+    "local_path": "cache",
+    "is_installed": "cache",
+    "resolve_model": "cache",
+    "fetch_model": "cache",
+    "import_model_file": "cache",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module, _, attribute = _EXPORTS[name].partition(":")  # "module:attribute" when the names differ
+        return getattr(import_module(f".{module}", __name__), attribute or name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,11 +8,13 @@ A nioreg model file is ONE ``torch.save`` file holding the plain dict::
 It contains only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``
 (no arbitrary code is unpickled). Official checkpoints are plain ``state_dict``\\ s of the level-3
 model; their architecture is not recorded in the file, hence the required ``variant``.
+
+:func:`load_model` also takes the name of a registered model (``nioreg models list``): the registry knows
+its file and variant (:func:`nioreg.models.cache.resolve_model`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -22,6 +24,8 @@ import torch
 from torch import Tensor
 
 from ..io.write import atomic_write, plain_values
+from .cache import entry_for_file, resolve_model, sha256_of_file, unknown_name_hint
+from .errors import ModelFileError
 from .lapirn import LapIRN, normalise_config
 
 __all__ = [
@@ -57,11 +61,13 @@ _SOURCE_REPOS = {
     "clapirn": "https://github.com/cwmok/Conditional_LapIRN",
 }
 
+# The copyright lines of the two repositories' LICENSE.md files (both MIT).
+_LICENCE_HOLDERS = {
+    "https://github.com/cwmok/LapIRN": "Copyright (c) 2020 TonyMok",
+    "https://github.com/cwmok/Conditional_LapIRN": "Copyright (c) 2021 Tony Mok",
+}
+
 _ENCODER_KEY = "input_encoder_lvl1.0.weight"
-
-
-class ModelFileError(ValueError):
-    """A model file cannot be used: missing, unreadable, unknown content, or not fitting the architecture."""
 
 
 def _fail(path: Path | str, problem: str) -> ModelFileError:
@@ -252,30 +258,51 @@ def _model_from_nioreg(path: Path, obj: Mapping[str, Any], variant: str | None, 
     return model
 
 
-def load_model(path: str | os.PathLike, *, variant: str | None = None, start_channel: int | None = None,
+def load_model(name_or_path: str | os.PathLike, *, variant: str | None = None, start_channel: int | None = None,
                map_location: Any = "cpu") -> LapIRN:
-    """Load a nioreg model file, or an official LapIRN ``state_dict`` (``.pth``) when ``variant`` is given.
+    """Load a registered model by name, a nioreg model file, or an official LapIRN ``state_dict`` (``.pth``).
 
     Args:
-        path: the file.
-        variant: for official checkpoints, one of ``"disp"``, ``"diff"``, ``"clapirn-lite"``
+        name_or_path: a file, or the name of a registered model (``nioreg models list``), e.g.
+            ``"lapirn-oasis-disp"``. A file that exists wins over a name. Names are never downloaded here:
+            an uninstalled one raises :class:`ModelNotInstalledError` saying how to install it.
+        variant: for official checkpoint files, one of ``"disp"``, ``"diff"``, ``"clapirn-lite"``
             (``"clapirn"`` for the full-width conditional model). For a nioreg file it is optional and,
-            if given, must agree with the stored config.
+            if given, must agree with the stored config. Not needed for a registered name (the registry knows
+            it); one that contradicts the registry is an error.
         start_channel: network width; inferred from the weights when not given.
         map_location: as for ``torch.load``.
 
     Returns:
-        The model (float32 weights as stored), in eval mode, with ``model.metadata`` set.
+        The model (float32 weights as stored), in eval mode, with ``model.metadata`` set (for a registered
+        name also ``registry_name`` and ``sha256``).
 
     Raises:
-        ModelFileError: one message naming the file and the problem (missing, unreadable/corrupt,
-            unknown content, official state_dict without ``variant``, weights not fitting the variant).
+        ModelFileError: one message naming the file (or name) and the problem (missing, not installed,
+            unreadable/corrupt, unknown content, official state_dict without ``variant``, weights not fitting
+            the variant).
     """
-    path = Path(path)
+    resolved = resolve_model(name_or_path, variant)
+    path, variant = resolved.path, resolved.variant
+    if not path.exists():
+        raise _fail(path, "file does not exist" + unknown_name_hint(name_or_path))
+    model = _load_file(path, variant, start_channel, map_location)
+    if resolved.entry is not None:
+        model.metadata = {**model.metadata, "registry_name": resolved.entry.name, "sha256": resolved.entry.sha256}
+    return model
+
+
+def _load_file(path: Path, variant: str | None, start_channel: int | None, map_location: Any) -> LapIRN:
     obj = _read(path, map_location)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         model = _model_from_nioreg(path, obj, variant, start_channel)
     elif _is_state_dict(obj):
+        known = entry_for_file(path) if variant is None else None
+        if known is not None:  # the exact bytes of a registered checkpoint: the registry knows the variant
+            model = _model_from_official(path, obj, known.variant, start_channel)
+            model.metadata = {"source": "official", "source_file": path.name, "variant": known.variant,
+                              "registry_name": known.name, "sha256": known.sha256}
+            return model.eval()
         if variant is None:
             fits = _fitting_variants(_strip_module_prefix(obj))
             hint = f" (its weights fit {' or '.join(fits)})" if fits else ""
@@ -293,20 +320,12 @@ def load_model(path: str | os.PathLike, *, variant: str | None = None, start_cha
     return model
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_official(checkpoint: str | os.PathLike, variant: str, out: str | os.PathLike,
                     start_channel: int | None = None, *, trained_on: str = "OASIS") -> Path:
     """Convert an official LapIRN/cLapIRN checkpoint into a nioreg model file and return its path.
 
-    The metadata records the source file name and SHA-256, the variant, the licence (MIT,
-    Copyright (c) 2020 TonyMok) and the training data set.
+    The metadata records the source file name and SHA-256, the variant, the licence (MIT, with the copyright
+    line of the source repository) and the training data set.
     """
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():
@@ -320,12 +339,13 @@ def import_official(checkpoint: str | os.PathLike, variant: str, out: str | os.P
     metadata = {
         "source": "official",
         "source_file": checkpoint.name,
-        "source_sha256": _sha256(checkpoint),
+        "source_sha256": sha256_of_file(checkpoint),
         "source_repository": _SOURCE_REPOS[variant],
         "variant": variant,
         "start_channel": model.config["start_channel"],
         "license": "MIT",
-        "licence_note": "Pretrained weights by the LapIRN authors, MIT License, Copyright (c) 2020 TonyMok",
+        "licence_note": f"Pretrained weights by the LapIRN authors, MIT License, "
+                        f"{_LICENCE_HOLDERS[_SOURCE_REPOS[variant]]}",
         "trained_on": trained_on,
     }
     if OFFICIAL_VARIANTS[variant]["conditional"]:
