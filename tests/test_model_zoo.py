@@ -202,7 +202,7 @@ def test_fetch_command_reports_progress_lines_without_a_terminal(entry, http, ho
     result = runner.invoke(app, ["models", "fetch", NAME])
     assert result.exit_code == 0, result.output
     assert f"installed {NAME}" in result.output and entry.sha256 in result.output
-    assert f"nioreg: {NAME}: downloading" in result.output and "(100%)" in result.output
+    assert f"nioreg: {NAME}: started, 0.0 MiB/" in result.output and "done" in result.output and "(100%)" in result.output
     listing = runner.invoke(app, ["models", "list"])
     assert listing.exit_code == 0
     line = next(row for row in listing.output.splitlines() if row.startswith(NAME))

@@ -79,3 +79,20 @@ def test_options_object_and_keywords_agree():
 def test_options_are_validated_when_built(settings, message):
     with pytest.raises(ValueError, match=message):
         RegistrationOptions(**settings)
+
+
+def test_progress_goes_to_a_log_file_as_a_few_lines(tmp_path):
+    """Without a terminal, a 200-iteration run writes a start line, a line now and then, and an end line."""
+    from nioreg.progress import LineProgress, progress
+
+    log = (tmp_path / "log.txt").open("w")
+    bar = progress(200, "io", file=log)
+    assert isinstance(bar, LineProgress)
+    for _ in range(200):
+        bar.set_postfix(loss="0.1")
+        bar.update(1)
+    bar.close()
+    log.close()
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert lines[0].startswith("io: started, 0/200") and lines[-1].startswith("io: done, 200/200 it (100%)")
+    assert len(lines) == 2  # the run took less than the line interval

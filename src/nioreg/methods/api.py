@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..progress import progress
 from ..spatial import jacobian_determinant, transform_points, warp, warp_labels
 from .feedforward import feedforward
 from .loop import OptimisationLog, Safeguards
@@ -220,10 +221,8 @@ def _smoothing_model(value: Callable[[Tensor], Tensor] | str | None) -> Callable
 
 
 def _progress_bar(pair: Pair, method: str, total: int):
-    """A tqdm bar fed by ``pair.on_iteration`` (loss and stage in its postfix)."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=method, unit="it", leave=False)
+    """Progress of the iterations (loss and stage shown), fed by ``pair.on_iteration``."""
+    bar = progress(total, method, unit="it", leave=False)
 
     def on_iteration(stage: str, iteration: int, loss: float) -> None:
         bar.set_postfix(stage=stage, loss=f"{loss:.4f}", refresh=False)

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import http.client
 import os
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
+from ..progress import progress as progress_bar
 from .errors import DownloadError
 
 __all__ = ["download_to"]
 
 CHUNK_BYTES = 1 << 16
 TIMEOUT_SECONDS = 60.0
-#: Without a terminal, one progress line at most this often (and at the end).
-LINE_EVERY_SECONDS = 10.0
 
 
 def download_to(url: str, partial: Path, *, expected_size: int, label: str, progress: bool = True,
@@ -122,32 +119,15 @@ def _copy_body(response: http.client.HTTPResponse, out: BinaryIO, bar: "_Progres
 
 
 class _Progress:
-    """A tqdm bar on a terminal; otherwise a short line on stderr now and then (logs, CI, pipes)."""
+    """Download progress: a byte bar on a terminal, a line now and then elsewhere (:mod:`nioreg.progress`)."""
 
     def __init__(self, label: str, total: int, done: int, *, enabled: bool) -> None:
-        self.label, self.total, self.done = label, total, done
-        self.enabled = enabled
-        self.bar = None
-        self.last_line = 0.0
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
-                            desc=label, file=sys.stderr)
-        elif enabled:
-            start = f", resuming at {_mib(done)}" if done else ""
-            self._line(f"downloading {_mib(total)}{start}")
-
-    def _line(self, text: str) -> None:
-        print(f"nioreg: {self.label}: {text}", file=sys.stderr, flush=True)
-        self.last_line = time.monotonic()
+        self.bar = progress_bar(total, f"nioreg: {label}", initial=done, unit="B", count=_mib, unit_scale=True,
+                                unit_divisor=1024) if enabled else None
 
     def update(self, count: int) -> None:
-        self.done += count
         if self.bar is not None:
             self.bar.update(count)
-        elif self.enabled and time.monotonic() - self.last_line >= LINE_EVERY_SECONDS:
-            self._line(f"{_mib(self.done)} of {_mib(self.total)} ({100 * self.done // max(self.total, 1)}%)")
 
     def __enter__(self) -> "_Progress":
         return self
@@ -155,9 +135,6 @@ class _Progress:
     def __exit__(self, *exc_info: object) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled and exc_info[0] is None:
-            self._line(f"{_mib(self.done)} of {_mib(self.total)} (100%)" if self.done == self.total
-                       else f"stopped at {_mib(self.done)} of {_mib(self.total)}")
 
 
 def _mib(count: int) -> str:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..defaults import DEFAULT_LAMBDA
+from ..progress import progress
 from ..io import InputError
 from ..io.write import atomic_write, plain_values
 from ..losses import registration_loss
@@ -356,10 +357,8 @@ class Trainer:
     def _progress_bar(self) -> Any:
         if not (self.progress and self.rank == 0):
             return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.total_steps, initial=self.offsets[self.start_level - 1] + self.start_step, unit="it",
-                    dynamic_ncols=True, desc=f"level {self.start_level}")
+        return progress(self.total_steps, f"level {self.start_level}", unit="it",
+                        initial=self.offsets[self.start_level - 1] + self.start_step)
 
     def _seconds(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
