@@ -345,3 +345,14 @@ def test_one_spec_parser_with_presets_keeps_every_option():
     assert (options.method, options.resolved_iterations(), options.precision, options.seed, options.smoothing) == (
         "nio_m", [100, 60, 60], "bf16", 3, "bspline")
     assert registration_options(specs[1], lam=0.4, seed=0).lam == 0.3
+
+
+def test_a_registered_model_name_is_a_model(dataset, tmp_path):
+    out = tmp_path / "named"
+    args = ["evaluate", dataset / "data", "--atlas", "S01", "--model", "lapirn-phantom-demo", "--out", out, "--quiet",
+            "--subjects", "S02", "-m", "ff", "--threads", "1"]
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "plan.json").read_text())["model"] == "lapirn-phantom-demo"
+    r = runner.invoke(app, [str(a) for a in args[:4] + ["--model", "lapirn-no-such", "--out", tmp_path / "o"]])
+    assert r.exit_code == 2 and "lapirn-no-such" in r.output and "nioreg models list" in r.output

@@ -26,7 +26,7 @@ def evaluate_command(
     dataset: Optional[Path] = typer.Argument(None, help="Dataset folder (images/ + labels/) or CSV/JSON manifest."),
     atlas: List[str] = typer.Option([], "--atlas", help="brain: atlas, a subject name of the dataset or an image path "
                                     "(IMAGE or IMAGE=LABELS); repeat for several atlases."),
-    model: Optional[Path] = typer.Option(None, "--model", help="nioreg model file, or an official LapIRN .pth with --variant."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Registered model name (nioreg models list), nioreg model file, or an official LapIRN .pth with --variant."),
     variant: Optional[str] = typer.Option(None, "--variant", help="For official .pth checkpoints: disp, diff or clapirn-lite."),
     method: List[str] = typer.Option([], "--method", "-m", help="Method spec, repeatable: ff, io:50, io:200, nio:50, "
                                      "nio_m:100,60,30 (optionally @lr=..@lambda=..@seed=..@precision=bf16), syn, "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -153,22 +154,27 @@ class Report:
     run_fields: dict = field(default_factory=dict)
 
 
-class Protocol:
+class Protocol(ABC):
     """What a protocol provides to the harness. Subclass it, then add one entry to
-    :data:`nioreg.evaluate.protocols.PROTOCOLS`."""
+    :data:`nioreg.evaluate.protocols.PROTOCOLS`.
+
+    The class attributes describe it (the iteration preset of bare method names, its default methods, whether
+    baselines belong to it, which :class:`~nioreg.evaluate.options.EvaluateOptions` fields it honours besides
+    the common ones); the abstract methods are its cases, their registration and scoring, and its report.
+    """
 
     name: ClassVar[str]
-    title: ClassVar[str]
     preset: ClassVar[str | None] = None          # iterations of learned methods written without :ITERS
     default_methods: ClassVar[tuple[str, ...]] = ()
     default_reference: ClassVar[str] = "nio_m"   # used when present; an explicit --reference must exist
     baselines: ClassVar[bool] = False            # whether syn / niftyreg are part of the protocol
-    options: ClassVar[frozenset[str]] = frozenset()  # the EvaluateOptions fields it honours beyond the common
+    options: ClassVar[frozenset[str]] = frozenset()
 
     def check_options(self, options: EvaluateOptions) -> None:
         refuse_unhonoured(options, self.name, self.options)
 
     def parse_methods(self, options: EvaluateOptions) -> list[MethodSpec]:
+        """The run's method specs (``initial`` is implied), parsed with the protocol's preset."""
         texts = self.default_methods if options.methods is None else options.methods
         specs = [s for s in parse_methods(texts, preset=self.preset) if s.label != INITIAL.label]
         refused = [s.text for s in specs if s.kind == "baseline" and not self.baselines]
@@ -195,39 +201,45 @@ class Protocol:
                 "reference": self.reference_label(options.reference, specs), "model": model,
                 "variant": options.variant, "lam": options.lam, "seed": options.seed}
 
-    # --- what every protocol implements
-    def make_plan(self, options: EvaluateOptions, specs: list[MethodSpec], echo: Echo) -> Plan:
-        raise NotImplementedError
-
-    def plan_from_dict(self, d: dict) -> Plan:
-        raise NotImplementedError
-
-    def case_file(self, label: str, case: str) -> str:
-        """Path of a case file relative to OUT, without suffix."""
-        raise NotImplementedError
-
     def case_config(self, plan: Plan, spec: MethodSpec, case: str) -> dict | None:
         """What a stored case must match to be reused besides its spec (``None``: nothing)."""
         return None
-
-    def load_case(self, plan: Plan, case: str) -> Any:
-        raise NotImplementedError
-
-    def register(self, spec: MethodSpec, data: Any, net, run: "RunContext") -> MethodOutput:
-        raise NotImplementedError
-
-    def score(self, data: Any, output: MethodOutput) -> Scored:
-        raise NotImplementedError
 
     def fatal(self, error: BaseException) -> bool:
         """Whether a failing case stops the run (else it is recorded and the run goes on)."""
         return isinstance(error, InputError)
 
-    def report(self, out: Path, plan: Plan, results: dict[str, dict[str, dict]], options: EvaluateOptions) -> Report:
-        raise NotImplementedError
+    @abstractmethod
+    def make_plan(self, options: EvaluateOptions, specs: list[MethodSpec], echo: Echo) -> Plan:
+        """Read the dataset and list the cases (``InputError`` for anything the run cannot find)."""
 
+    @abstractmethod
+    def plan_from_dict(self, d: dict) -> Plan:
+        """The plan of a ``plan.json`` written by :meth:`Plan.to_dict`."""
+
+    @abstractmethod
+    def case_file(self, label: str, case: str) -> str:
+        """Path of a method's case file relative to OUT, without suffix."""
+
+    @abstractmethod
+    def load_case(self, plan: Plan, case: str) -> Any:
+        """One case, ready for every method (loaded once per case)."""
+
+    @abstractmethod
+    def register(self, spec: MethodSpec, data: Any, net, run: "RunContext") -> MethodOutput:
+        """Register a loaded case with one method (``net``: the case's network, for learned methods)."""
+
+    @abstractmethod
+    def score(self, data: Any, output: MethodOutput) -> Scored:
+        """The protocol's measures of one registered case, and its extra files."""
+
+    @abstractmethod
+    def report(self, out: Path, plan: Plan, results: dict[str, dict[str, dict]], options: EvaluateOptions) -> Report:
+        """Tables (and figures) of the finished cases ``{method label: {case: record}}``."""
+
+    @abstractmethod
     def markdown(self, out: Path, plan: Plan, run: dict, report: Report) -> str:
-        raise NotImplementedError
+        """The text of ``report.md``."""
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -243,8 +255,8 @@ def describe_model(source) -> str | None:
 class Networks:
     """The network of each case's learned methods: one model, or ``{case name: model}`` (leave-one-out).
 
-    A model is a file (loaded on first use and kept, so a finished run resumes without loading anything) or
-    a torch module.
+    A model is a registered model name (``nioreg models list``) or a file, loaded on first use and kept (so a
+    finished run resumes without loading anything), or a torch module.
     """
 
     def __init__(self, source, variant: str | None = None):
@@ -258,14 +270,20 @@ class Networks:
             return self.source[case]
         return self.source
 
+    def _file(self, source):
+        """A model name or path as the file and variant to load (:func:`nioreg.models.resolve_model`)."""
+        from ..models import resolve_model
+
+        return resolve_model(source, self.variant)
+
     def check(self, cases: list[str]) -> None:
-        """Every model is given, and every model file exists."""
+        """Every model is given, and every model name or file resolves to a file."""
         for case in cases:
             source = self.source_for(case)
             if source is None:
                 raise InputError("the learned methods (ff, io, nio, nio_m) need --model")
-            if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
-                raise InputError(f"model '{source}': file not found")
+            if isinstance(source, (str, os.PathLike)) and not self._file(source).path.is_file():
+                raise InputError(f"model '{source}': file not found (nor a registered model name: nioreg models list)")
 
     def describe(self, case: str) -> str | None:
         return describe_model(self.source_for(case))
@@ -281,7 +299,8 @@ class Networks:
             else:
                 from ..models import load_model
 
-                self._loaded[key] = load_model(source, variant=self.variant)
+                resolved = self._file(source)
+                self._loaded[key] = load_model(resolved.path, variant=resolved.variant)
         return self._loaded[key]
 
 
@@ -475,6 +494,8 @@ def run_cases(out: Path, plan: Plan, protocol: Protocol, run: RunContext, networ
     """
     from tqdm.auto import tqdm
 
+    from ..progress import progress as progress_bar
+
     stats = RunStats()
     todo = []
     for case in shard_cases(plan.cases, shard):
@@ -484,8 +505,9 @@ def run_cases(out: Path, plan: Plan, protocol: Protocol, run: RunContext, networ
         if pending:
             todo.append((case, pending))
     where = "" if shard is None else f" shard {shard[0]}/{shard[1]}"
-    with tqdm(total=sum(len(p) for _, p in todo), desc=f"evaluate{where}", unit="case", disable=not progress,
-              dynamic_ncols=True) as bar:
+    total = sum(len(p) for _, p in todo)
+    bar = progress_bar(total, f"evaluate{where}", unit="case") if progress else tqdm(disable=True)
+    try:
         for case, pending in todo:
             data = protocol.load_case(plan, case)
             for spec in pending:
@@ -495,6 +517,8 @@ def run_cases(out: Path, plan: Plan, protocol: Protocol, run: RunContext, networ
                 net = networks(case) if spec.kind == "learned" else None  # a bad model file stops the run
                 compute_case(out, protocol, run, case, data, spec, net, stats)
                 bar.update(1)
+    finally:
+        bar.close()
     return stats
 
 

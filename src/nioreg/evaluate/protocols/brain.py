@@ -269,7 +269,6 @@ class BrainProtocol(Protocol):
     """Brain atlas registration: Dice per structure, DSC30, std|J|, folding, time, Wilcoxon marks."""
 
     name = "brain"
-    title = "brain atlas registration"
     preset = "brain"
     default_methods = DEFAULT_METHODS
     baselines = True

@@ -175,7 +175,6 @@ class DirLabProtocol(Protocol):
     """DIR-Lab 4D-CT: TRE per case and pooled, Table 2."""
 
     name = "dirlab"
-    title = "DIR-Lab chest 4D-CT"
     preset = "lung"
     default_methods = DEFAULT_METHODS
     options = frozenset({"smoothing", "augment", "roi", "crop_margin_mm", "hu_offset", "landmarks", "geometry",
