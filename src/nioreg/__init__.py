@@ -1,15 +1,19 @@
 """nioreg: deformable 3-D registration with Neural Instance Optimization (NIO) on LapIRN-family networks.
 
-``nioreg.register(fixed, moving, model, method="nio_m")`` is the one entry point for arrays; the command
-line (``nioreg register``) does the same for NIfTI files. See README.md and docs/conventions.md.
+``nioreg.register_images(nioreg.load_image(fixed_path), nioreg.load_image(moving_path))`` registers images
+with their headers exactly as the command line (``nioreg register``) does: the default or a named model,
+its recorded preprocessing, the field on the fixed grid. ``nioreg.register(fixed, moving, model)`` is the
+array-level interface underneath it. See README.md and docs/conventions.md.
 """
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["register", "RegistrationResult", "load_model", "__version__"]
+__all__ = ["register", "register_images", "RegistrationOptions", "RegistrationResult", "load_image", "load_model",
+           "__version__"]
 
-_LAZY = {"register": "nioreg.methods", "RegistrationResult": "nioreg.methods", "load_model": "nioreg.models"}
+_LAZY = {"register": "nioreg.methods", "RegistrationResult": "nioreg.methods", "RegistrationOptions": "nioreg.methods",
+         "register_images": "nioreg.pipeline", "load_image": "nioreg.io", "load_model": "nioreg.models"}
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,8 @@ from typing import Optional
 
 import typer
 
-from .console import fail, user_errors
+from . import __version__
+from .console import TYPER_SETTINGS, fail, user_errors
 from .defaults import DEFAULT_LAMBDA
 from .evaluate.command import evaluate_command
 from .methods.options import RegistrationOptions, iterations_from_text
@@ -20,8 +21,20 @@ from .methods.registry import get_method, method_names, methods_help, preset_nam
 from .models.command import models_app
 from .train.command import train_command
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, **TYPER_SETTINGS,
                   help="Deformable 3-D registration with Neural Instance Optimization (NIO) on LapIRN networks.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"nioreg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Deformable 3-D registration with Neural Instance Optimization (NIO) on LapIRN networks."""
 
 
 def _preset_help() -> str:

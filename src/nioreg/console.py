@@ -11,6 +11,11 @@ from typing import NoReturn
 import typer
 
 
+TYPER_SETTINGS = {"rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
+"""How every nioreg command line app is built: ``-h`` as well as ``--help``, and plain help text (readable in
+logs, and flags are shown as flags, not as ``<bool>``)."""
+
+
 def fail(message: str) -> NoReturn:
     """Print ``nioreg: error: MESSAGE`` on stderr and exit with status 2."""
     typer.echo(f"nioreg: error: {message}", err=True)

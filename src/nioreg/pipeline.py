@@ -199,6 +199,44 @@ def register_volumes(net, fixed: Volume, moving: Volume, options: RegistrationOp
     return result, view
 
 
+def register_images(
+    fixed: Volume | str | Path,
+    moving: Volume | str | Path,
+    model=None,
+    options: RegistrationOptions | str | None = None,
+    *,
+    mask: Volume | str | Path | None = None,
+    variant: str | None = None,
+    safeguards: Safeguards | None = None,
+    progress: bool = False,
+    **settings,
+) -> RegistrationResult:
+    """Register images with their headers exactly as ``nioreg register`` does; the Python entry point.
+
+    ``fixed`` and ``moving`` are :class:`~nioreg.io.Volume` s (``nioreg.load_image(path)``) or paths; the
+    moving image and ``mask`` are brought onto the fixed grid through their headers. ``model`` is a loaded
+    network, a model file, a registered name (``"lapirn-oasis-disp"``) or ``None`` for the default model; its
+    recorded preprocessing (intensities, voxel size) is applied. ``options`` (or a method name) and keyword
+    ``settings`` (``iterations=``, ``lr=``, ``lam=``, ``seed=``, ``device=``...; see
+    :class:`~nioreg.methods.RegistrationOptions`) choose the method. The result's displacement is in voxels of
+    the fixed grid, and ``result.warp(volume)`` / ``result.warp_labels(volume)`` accept Volumes.
+    """
+    options = RegistrationOptions(method=options) if isinstance(options, str) else options or RegistrationOptions()
+    options = options.updated(**settings)
+    fixed_vol = fixed if isinstance(fixed, Volume) else load_image(fixed, role="fixed image")
+    moving_vol = moving if isinstance(moving, Volume) else load_image(moving, role="moving image")
+    if not same_grid(moving_vol, fixed_vol):
+        moving_vol = resample_to(moving_vol, fixed_vol, order=1)
+    mask_vol = mask if isinstance(mask, Volume) or mask is None else load_labels(mask, role="mask")
+    mask_vol = None if mask_vol is None else _on_grid(mask_vol, fixed_vol)
+    if model is None or isinstance(model, (str, Path)):
+        model = load_model(default_model_path() if model is None else model, variant=variant)
+    result, _ = register_volumes(model, fixed_vol, moving_vol, options, mask=mask_vol, safeguards=safeguards,
+                                 progress=progress)
+    result.grid = fixed_vol
+    return result
+
+
 def _on_grid(labels: Volume, grid: Volume) -> Volume:
     return labels if same_grid(labels, grid) else resample_to(labels, grid, order=0)
 

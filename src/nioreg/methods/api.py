@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..io import Volume, resample_to, same_grid
+from ..io.preprocess import Preprocessing
 from ..progress import progress
 from ..spatial import jacobian_determinant, transform_points, warp, warp_labels
 from .feedforward import feedforward
@@ -45,14 +47,26 @@ class RegistrationResult:
     log: OptimisationLog = field(default_factory=OptimisationLog)
     precision: str = "fp32"
     memory_format: str = "contiguous"
+    grid: Volume | None = None
+    """The fixed image (set by :func:`nioreg.register_images`): moving-side :class:`~nioreg.io.Volume` s given
+    to :meth:`warp` / :meth:`warp_labels` are brought onto it through their headers first."""
 
-    def warp(self, moving: np.ndarray | Tensor) -> np.ndarray:
-        """Warp a moving-side image that is already on the fixed grid (trilinear); returns float32."""
-        return warp(_as_volume_tensor(moving, self.displacement.device), self.displacement)[0, 0].cpu().numpy()
+    def _on_grid(self, moving: np.ndarray | Tensor | Volume, order: int) -> np.ndarray | Tensor:
+        if not isinstance(moving, Volume):
+            return moving
+        if self.grid is None:
+            raise ValueError("this result has no fixed grid to resample a Volume onto: pass an array on the fixed "
+                             "grid, or register with nioreg.register_images")
+        return moving.array if same_grid(moving, self.grid) else resample_to(moving, self.grid, order=order).array
 
-    def warp_labels(self, labels: np.ndarray | Tensor) -> np.ndarray:
+    def warp(self, moving: np.ndarray | Tensor | Volume) -> np.ndarray:
+        """Warp a moving-side image (trilinear): an array on the fixed grid, or a Volume; returns float32."""
+        volume = _as_volume_tensor(self._on_grid(moving, 1), self.displacement.device)
+        return warp(volume, self.displacement)[0, 0].cpu().numpy()
+
+    def warp_labels(self, labels: np.ndarray | Tensor | Volume) -> np.ndarray:
         """Warp an integer label map (nearest neighbour, every label code kept exactly, its integer type kept)."""
-        t = torch.as_tensor(_integer_labels(labels)).to(self.displacement.device)[None, None]
+        t = torch.as_tensor(_integer_labels(self._on_grid(labels, 0))).to(self.displacement.device)[None, None]
         return warp_labels(t, self.displacement)[0, 0].cpu().numpy()
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
@@ -163,6 +177,7 @@ def register(
         method=method, iterations=iterations, lr=lr, lam=lam, device=device, seed=seed, smoothing=smoothing,
         precision=precision, memory_format=memory_format)
     entry, iters, step = opts.entry, opts.resolved_iterations(), opts.resolved_lr()
+    _check_recorded_preprocessing(model, scale_intensities)
     dev = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
     layout = resolve_memory_format(opts.memory_format, dev)
@@ -194,6 +209,16 @@ def register(
         fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=opts.precision,
         memory_format=memory_format_name(layout),
     )
+
+
+def _check_recorded_preprocessing(model: nn.Module, scale_intensities: bool) -> None:
+    """Bare arrays cannot get a model's recorded preprocessing (its voxel size needs the images' headers)."""
+    if scale_intensities and Preprocessing.from_metadata(getattr(model, "metadata", None)) is not None:
+        raise ValueError("this model records the preprocessing it was trained with (intensities and voxel size), "
+                         "which bare arrays cannot get: register images with their headers, "
+                         "nioreg.register_images(nioreg.load_image(fixed_path), nioreg.load_image(moving_path), "
+                         "model), as `nioreg register` does; or, for arrays you preprocessed yourself, pass "
+                         "scale_intensities=False")
 
 
 def _make_pair(fixed, moving, mask, dev: torch.device, opts: RegistrationOptions, layout: torch.memory_format,

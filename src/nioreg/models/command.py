@@ -10,12 +10,12 @@ from pathlib import Path
 
 import typer
 
-from ..console import fail, user_errors
+from ..console import TYPER_SETTINGS, fail, user_errors
 
 __all__ = ["models_app"]
 
 models_app = typer.Typer(
-    add_completion=False, no_args_is_help=True,
+    add_completion=False, no_args_is_help=True, **TYPER_SETTINGS,
     help="Pretrained models by name: list them, fetch (download once) or import them, show their details. "
          "Use a name wherever a model file goes: nioreg register --model NAME.")
 
