@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from common import downsample_image, downsample_labels, machine, shared_dir
-from nioreg.evaluate.command import run_brain
+from nioreg.evaluate.protocols.brain import run_brain
 from nioreg.io import load_image, load_labels, save_nifti
 
 METHODS = ["ff", "io:50", "io:200", "nio:50", "nio_m:100,60,30", "syn", "niftyreg"]
