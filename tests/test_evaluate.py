@@ -356,3 +356,13 @@ def test_a_registered_model_name_is_a_model(dataset, tmp_path):
     assert json.loads((out / "plan.json").read_text())["model"] == "lapirn-phantom-demo"
     r = runner.invoke(app, [str(a) for a in args[:4] + ["--model", "lapirn-no-such", "--out", tmp_path / "o"]])
     assert r.exit_code == 2 and "lapirn-no-such" in r.output and "nioreg models list" in r.output
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    def interrupted(options, echo):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "evaluate", interrupted)
+    result = runner.invoke(app, ["evaluate", str(tmp_path), "--atlas", "S01", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "run the same command again" in result.output

@@ -76,6 +76,10 @@ def run_command(options: EvaluateOptions) -> None:
 
     try:
         evaluate(options, echo=typer.echo)
+    except KeyboardInterrupt:
+        typer.echo(f"nioreg: interrupted; the finished cases are kept in '{options.out}': run the same command "
+                   "again to continue where it stopped", err=True)
+        raise typer.Exit(130) from None
     except user_errors() as error:
         fail(str(error))
     except Exception as error:
