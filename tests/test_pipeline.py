@@ -387,3 +387,11 @@ def test_version_short_help_and_plain_flags():
         result = run(*command, "-h")
         assert result.exit_code == 0 and "Usage:" in result.output, command
         assert "<bool>" not in result.output, command  # a flag is shown as a flag
+
+
+def test_register_takes_a_deformation_model_by_name(files, tmp_path):
+    result = register_ff(files, tmp_path / "smooth", "--smoothing", "bspline")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "smooth" / "metrics.json").read_text())["options"]["smoothing"] == "bspline"
+    result = register_ff(files, tmp_path / "bad", "--smoothing", "splines")
+    assert result.exit_code == 2 and "'bspline'" in result.output and "Traceback" not in result.output

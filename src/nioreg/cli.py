@@ -60,6 +60,10 @@ def _registration_options(method: str, iters: Optional[str], preset: Optional[st
     try:
         options = RegistrationOptions(method=method, iterations=iterations, preset=preset, **settings)
         options.resolved_iterations()  # an unknown method or a wrong number of counts fails here, before any work
+        if smoothing_name := settings.get("smoothing"):
+            from .spatial import resolve_smoothing
+
+            resolve_smoothing(smoothing_name)
     except ValueError as error:
         fail(str(error))
     return options
