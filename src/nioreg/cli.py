@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .console import TYPER_SETTINGS, fail, user_errors
+from .console import TYPER_SETTINGS, fail, show_warnings_as_lines, user_errors
 from .defaults import DEFAULT_LAMBDA
 from .evaluate.command import evaluate_command
 from .methods.options import RegistrationOptions, iterations_from_text
@@ -158,6 +158,7 @@ app.add_typer(models_app, name="models")
 
 def main() -> None:
     """Console-script entry point."""
+    show_warnings_as_lines()
     app(prog_name="nioreg")
 
 

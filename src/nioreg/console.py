@@ -16,6 +16,13 @@ TYPER_SETTINGS = {"rich_markup_mode": None, "context_settings": {"help_option_na
 logs, and flags are shown as flags, not as ``<bool>``)."""
 
 
+def show_warnings_as_lines() -> None:
+    """Python warnings on the command line as ``nioreg: warning: MESSAGE`` (no file and line of the source)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, *args, **kwargs: f"nioreg: warning: {message}\n"
+
+
 def fail(message: str) -> NoReturn:
     """Print ``nioreg: error: MESSAGE`` on stderr and exit with status 2."""
     typer.echo(f"nioreg: error: {message}", err=True)

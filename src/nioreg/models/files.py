@@ -309,6 +309,7 @@ def _load_file(path: Path, variant: str | None, start_channel: int | None, map_l
             raise _fail(path, "this is a plain state_dict (an official LapIRN checkpoint?); its architecture is not "
                               "stored in the file, so pass variant='disp', 'diff' or 'clapirn-lite' "
                               f"(CLI: --variant){hint}")
+        _warn_if_variant_contradicts(path, variant)
         model = _model_from_official(path, obj, variant, start_channel)
         model.metadata = {"source": "official", "source_file": path.name, "variant": variant}
     elif isinstance(obj, Mapping):
@@ -318,6 +319,21 @@ def _load_file(path: Path, variant: str | None, start_channel: int | None, map_l
         raise _fail(path, f"unknown content: a {type(obj).__name__}, not a nioreg model file or a state_dict")
     model.eval()
     return model
+
+
+def _warn_if_variant_contradicts(path: Path, variant: str) -> None:
+    """disp and diff checkpoints have the same weights' shapes, so a wrong ``variant`` would run silently."""
+    if variant not in ("disp", "diff"):
+        return  # other variants have other weights' shapes: loading fails with its own message
+    known = entry_for_file(path)
+    if known is not None and known.variant in ("disp", "diff") and known.variant != variant:
+        warnings.warn(f"model file '{path}' is the published {known.name} checkpoint (variant {known.variant}), "
+                      f"but variant {variant!r} was given; its fields will be wrong unless you meant it", stacklevel=3)
+        return
+    named = [v for v in ("disp", "diff") if v in path.name.lower()]
+    if named and variant not in named:
+        warnings.warn(f"model file '{path}' is named like a {named[0]} checkpoint, but variant {variant!r} was "
+                      "given (disp and diff weights look alike; a wrong variant gives wrong fields)", stacklevel=3)
 
 
 def import_official(checkpoint: str | os.PathLike, variant: str, out: str | os.PathLike,
