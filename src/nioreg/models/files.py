@@ -140,14 +140,15 @@ def _read(path: Path, map_location: Any) -> Any:
 def _refused_global(text: str) -> str | None:
     """The Python object a weights-only load refused (torch's message then advises allow-listing it; we do not)."""
     match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if match:
-        return match.group(1)
-    return "unsupported pickle content" if "WeightsUnpickler error:" in text else None
+    return match.group(1) if match else None
 
 
 def _short_reason(exc: BaseException) -> str:
-    """One line out of torch.load's exception."""
+    """One line out of torch.load's exception (its weights-only message is long and misleading here)."""
     text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        return f"content that is not plain tensors/values ({detail or 'unsupported pickle'})"
     if not text:
         return "empty or truncated file" if isinstance(exc, EOFError) else type(exc).__name__
     line = text.splitlines()[0]
