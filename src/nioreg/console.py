@@ -29,6 +29,12 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def interrupted(what_to_do: str) -> NoReturn:
+    """After Ctrl-C: say what was kept and how to continue, exit with status 130 (the shell's SIGINT code)."""
+    typer.echo(f"nioreg: interrupted; {what_to_do}", err=True)
+    raise typer.Exit(130)
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that describe a problem with the user's inputs (reported by :func:`fail`)."""
     from .io import InputError

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from ..console import fail, user_errors
+from ..console import fail, interrupted, user_errors
 from ..defaults import DEFAULT_LAMBDA
 from .options import EvaluateOptions, split_list
 
@@ -77,9 +77,8 @@ def run_command(options: EvaluateOptions) -> None:
     try:
         evaluate(options, echo=typer.echo)
     except KeyboardInterrupt:
-        typer.echo(f"nioreg: interrupted; the finished cases are kept in '{options.out}': run the same command "
-                   "again to continue where it stopped", err=True)
-        raise typer.Exit(130) from None
+        interrupted(f"the finished cases are kept in '{options.out}': run the same command again to continue "
+                    "where it stopped")
     except user_errors() as error:
         fail(str(error))
     except Exception as error:

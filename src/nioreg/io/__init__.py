@@ -7,8 +7,7 @@ Names are imported lazily, so that the command line can read small vocabularies 
 at start-up without loading nibabel.
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "CT_WINDOWS": "ct_windows",
@@ -38,10 +37,4 @@ _EXPORTS = {
     "write_json_atomic": "write",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

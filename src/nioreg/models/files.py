@@ -16,6 +16,7 @@ its file and variant (:func:`nioreg.models.cache.resolve_model`).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -126,8 +127,20 @@ def _read(path: Path, map_location: Any) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        refused = _refused_global(str(exc))
+        if refused is not None:
+            raise _fail(path, f"refused: it holds a pickled Python object ({refused}), and nioreg loads only tensors "
+                              "and plain values, so that a model file can never run code. Re-save the weights as a "
+                              "plain state_dict (torch.save(model.state_dict(), path)) in the environment that made "
+                              "the file, if you trust it") from None
         raise _fail(path, "not a readable PyTorch model file (corrupt, truncated or another format): "
                           + _short_reason(exc)) from None
+
+
+def _refused_global(text: str) -> str | None:
+    """The Python object a weights-only load refused (torch's message then advises allow-listing it; we do not)."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    return match.group(1) if match else None
 
 
 def _short_reason(exc: BaseException) -> str:
