@@ -14,6 +14,9 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
+    "AffineResult": "affine",
+    "register_affine": "affine",
+    "resample_through_affine": "affine",
     "MIN_SIZE": "api",
     "RegistrationResult": "api",
     "register": "api",
