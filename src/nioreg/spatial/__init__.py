@@ -6,6 +6,7 @@ See docs/conventions.md. Files and network outputs are converted into this conve
 """
 
 from .deformation import SMOOTHING_NAMES, BSplineSmoothing, resolve_smoothing
+from .inverse import FieldInverse, invert_affine, invert_composite, invert_displacement
 from .transform import (
     as_batched,
     compose,
@@ -25,6 +26,10 @@ __all__ = [
     "BSplineSmoothing",
     "SMOOTHING_NAMES",
     "resolve_smoothing",
+    "FieldInverse",
+    "invert_affine",
+    "invert_composite",
+    "invert_displacement",
     "as_batched",
     "compose",
     "identity_grid",
