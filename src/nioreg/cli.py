@@ -91,6 +91,10 @@ def register(
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded in metrics.json)."),
     smoothing: Optional[str] = typer.Option(None, "--smoothing", help="Deformation model applied to every field: "
                                             "none, or bspline (the B-spline-like model of Siebert et al. 2021)."),
+    affine: str = typer.Option("none", "--affine", help="Affine stage before the deformable one: none (the images "
+                               "are pre-aligned), rigid or affine (for raw scans; writes affine.txt/.mat)."),
+    affine_init: Optional[Path] = typer.Option(None, "--affine-init", help="Start from this ITK/ANTs affine "
+                                               "(.txt/.tfm/.mat, fixed -> moving); with --affine none it is used as is."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Register MOVING to FIXED and write warped image(s), displacement fields and metrics.json."""
@@ -99,10 +103,13 @@ def register(
     options = _registration_options(method, iters, preset, lr=lr, lam=lam, seed=seed, device=device,
                                     precision=precision, smoothing=smoothing)
     try:
+        from .prealign import AffineStage
+
+        stage = AffineStage(affine, init_file=affine_init, device=device)
         result, metrics = register_files(
             fixed, moving, model, out, options, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
             variant=variant, fixed_orientation=fixed_orientation, moving_orientation=moving_orientation,
-            progress=not quiet)
+            progress=not quiet, affine=stage)
     except user_errors() as error:
         fail(str(error))
     line = f"{method}: {result.seconds:.2f} s, loss {result.feedforward_loss:.4f} (ff) -> {result.final_loss:.4f}"

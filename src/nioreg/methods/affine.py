@@ -242,7 +242,8 @@ class _Problem:
             return float(both.sum()) / max(float(fixed_fg.sum()), 1.0)
 
 
-def _initialise(problem: _Problem, fixed: Volume, moving: Volume, initialisation: str) -> tuple[np.ndarray, dict]:
+def _initialise(problem: _Problem, fixed: Volume, moving: Volume,
+                initialisation: str | np.ndarray) -> tuple[np.ndarray, dict]:
     """The best starting matrix by the similarity at the coarsest level, and what was tried."""
     finest = problem.levels[-1]
     fixed_moments = _moments(finest.fixed, finest.fixed_affine)
@@ -252,17 +253,21 @@ def _initialise(problem: _Problem, fixed: Volume, moving: Volume, initialisation
             raise InputError(f"{_names(fixed, moving)}: the {which} image has no foreground (nothing above 10 % "
                              "of its intensity range after masking); nothing to align")
     problem.centre = torch.as_tensor(fixed_moments[0], dtype=torch.float64, device=problem.centre.device)
-    candidates = moments_candidates(fixed_moments, moving_moments) if initialisation == "moments" else [np.eye(4)]
+    if isinstance(initialisation, np.ndarray):
+        candidates = [initialisation]
+    else:
+        candidates = moments_candidates(fixed_moments, moving_moments) if initialisation == "moments" else [np.eye(4)]
     losses = [problem.loss(problem.levels[0], m) for m in candidates]
     for i, value in enumerate(losses):
         problem.log.record("initialisation", i, value, value, 0.0, 0.0)
     best = int(np.argmin(losses))
+    method = "given" if isinstance(initialisation, np.ndarray) else initialisation
     overlap = problem.overlap(finest, candidates[best])
     if overlap < MIN_OVERLAP:
-        raise InputError(f"{_names(fixed, moving)}: the images do not overlap after the {initialisation} "
+        raise InputError(f"{_names(fixed, moving)}: the images do not overlap after the {method} "
                          f"initialisation ({100 * overlap:.1f} % of the fixed foreground is covered by the moving "
                          "one); check both headers (origin, orientation) or use initialisation='moments'")
-    info = {"method": initialisation, "candidates": len(candidates), "chosen": best,
+    info = {"method": method, "candidates": len(candidates), "chosen": best,
             "fixed_centre_mm": fixed_moments[0].tolist(), "moving_centre_mm": moving_moments[0].tolist(),
             "overlap": overlap}
     return candidates[best], info
@@ -277,7 +282,7 @@ def register_affine(
     affine_iterations: int = 100,
     lr: float = 0.01,
     similarity: Similarity | None = None,
-    initialisation: str = "moments",
+    initialisation: str | np.ndarray = "moments",
     device: str | torch.device = "cpu",
     safeguards: Safeguards | None = None,
 ) -> AffineResult:
@@ -286,10 +291,13 @@ def register_affine(
     ``levels``: isotropic spacings (mm) from coarse to fine, never finer than the images. Rigid runs at the
     coarsest level, affine at every level (``lr`` halves per level). ``similarity(fixed, warped)`` is a loss
     on (1, 1, D, H, W) images in [0, 1] (default LNCC). ``initialisation``: ``"moments"`` (centres of mass and
-    principal axes) or ``"headers"`` (identity: trust the headers). Raises :class:`InputError` naming both
+    principal axes), ``"headers"`` (identity: trust the headers) or a 4x4 fixed-world -> moving-world matrix
+    (e.g. an affine from another tool, :func:`nioreg.io.transforms.load_itk_affine`). Raises :class:`InputError` naming both
     files when an image has no foreground or the images do not overlap after initialisation.
     """
-    if initialisation not in ("moments", "headers"):
+    if isinstance(initialisation, np.ndarray):
+        initialisation = np.asarray(initialisation, dtype=np.float64).reshape(4, 4)
+    elif initialisation not in ("moments", "headers"):
         raise ValueError(f"initialisation must be 'moments' or 'headers', got {initialisation!r}")
     started = time.perf_counter()
     device = torch.device(device)

@@ -14,6 +14,7 @@ from ..io import Volume, resample_to, same_grid
 from ..io.preprocess import Preprocessing
 from ..progress import progress
 from ..spatial import jacobian_determinant, transform_points, warp, warp_labels
+from .affine import resample_through_affine
 from .feedforward import feedforward
 from .loop import OptimisationLog, Safeguards
 from .network import in_memory_format, memory_format_name, resolve_memory_format
@@ -50,6 +51,8 @@ class RegistrationResult:
     grid: Volume | None = None
     """The fixed image (set by :func:`nioreg.register_images`): moving-side :class:`~nioreg.io.Volume` s given
     to :meth:`warp` / :meth:`warp_labels` are brought onto it through their headers first."""
+    prealignment: np.ndarray | None = None
+    """The affine stage's fixed-world -> moving-world matrix (RAS mm) that :attr:`displacement` follows."""
 
     def _on_grid(self, moving: np.ndarray | Tensor | Volume, order: int) -> np.ndarray | Tensor:
         if not isinstance(moving, Volume):
@@ -57,6 +60,8 @@ class RegistrationResult:
         if self.grid is None:
             raise ValueError("this result has no fixed grid to resample a Volume onto: pass an array on the fixed "
                              "grid, or register with nioreg.register_images")
+        if self.prealignment is not None:
+            return resample_through_affine(moving, self.grid, self.prealignment, order=order).array
         return moving.array if same_grid(moving, self.grid) else resample_to(moving, self.grid, order=order).array
 
     def warp(self, moving: np.ndarray | Tensor | Volume) -> np.ndarray:
