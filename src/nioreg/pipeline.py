@@ -51,7 +51,7 @@ from .methods import MIN_SIZE, RegistrationOptions, RegistrationResult, Safeguar
 from .methods.affine import AffineResult
 from .models import default_model_path, load_model
 from .prealign import AffineStage
-from .spatial import identity_grid, regrid_displacement, warp, warp_labels
+from .spatial import field_into_grid, regrid_displacement, warp, warp_labels
 
 OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
@@ -91,7 +91,7 @@ class RegistrationInputs:
         if self.native_moving is None:  # already on the fixed grid: one interpolation anyway
             return result.warp(self.moving.array), None if labels is None else result.warp_labels(labels)
         to_voxels = np.linalg.inv(self.native_moving.affine) @ self.prealignment @ self.fixed.affine
-        pull = _positions_field(result.displacement, to_voxels)
+        pull = field_into_grid(result.displacement, to_voxels)
         warped = warp(torch.as_tensor(self.native_moving.array, dtype=torch.float32)[None, None], pull)[0, 0]
         if self.native_moving_labels is None:
             return warped.numpy(), None
@@ -283,15 +283,6 @@ def register_images(
     result.grid = fixed_vol
     result.prealignment = None if prealigned is None else prealigned.matrix
     return result
-
-
-def _positions_field(displacement: torch.Tensor, to_voxels: np.ndarray) -> torch.Tensor:
-    """A pull field whose targets are ``to_voxels @ (x + u(x))``: where each fixed voxel samples another grid."""
-    disp = displacement.detach().cpu().double()
-    positions = identity_grid(disp.shape[2:], "cpu", torch.float64) + disp
-    m = torch.as_tensor(to_voxels, dtype=torch.float64)
-    mapped = torch.einsum("ab,nb...->na...", m[:3, :3], positions) + m[:3, 3].view(1, 3, 1, 1, 1)
-    return (mapped - identity_grid(disp.shape[2:], "cpu", torch.float64)).float()
 
 
 def _on_grid(volume: Volume, grid: Volume, order: int = 0, affine: AffineResult | None = None) -> Volume:

@@ -10,11 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import Volume, resample_to, same_grid
+from ..io import Volume
 from ..io.preprocess import Preprocessing
 from ..progress import progress
-from ..spatial import jacobian_determinant, transform_points, warp, warp_labels
-from .affine import resample_through_affine
+from ..spatial import field_into_grid, jacobian_determinant, transform_points, warp, warp_labels
 from .feedforward import feedforward
 from .loop import OptimisationLog, Safeguards
 from .network import in_memory_format, memory_format_name, resolve_memory_format
@@ -54,25 +53,28 @@ class RegistrationResult:
     prealignment: np.ndarray | None = None
     """The affine stage's fixed-world -> moving-world matrix (RAS mm) that :attr:`displacement` follows."""
 
-    def _on_grid(self, moving: np.ndarray | Tensor | Volume, order: int) -> np.ndarray | Tensor:
+    def _pull(self, moving: np.ndarray | Tensor | Volume) -> tuple[np.ndarray | Tensor, Tensor]:
+        """The array to sample and the pull field that samples it: a Volume on its own grid is sampled directly
+        (through the headers and :attr:`prealignment`), with one interpolation."""
         if not isinstance(moving, Volume):
-            return moving
+            return moving, self.displacement
         if self.grid is None:
-            raise ValueError("this result has no fixed grid to resample a Volume onto: pass an array on the fixed "
+            raise ValueError("this result has no fixed grid to bring a Volume onto: pass an array on the fixed "
                              "grid, or register with nioreg.register_images")
-        if self.prealignment is not None:
-            return resample_through_affine(moving, self.grid, self.prealignment, order=order).array
-        return moving.array if same_grid(moving, self.grid) else resample_to(moving, self.grid, order=order).array
+        prealignment = np.eye(4) if self.prealignment is None else self.prealignment
+        to_voxels = np.linalg.inv(moving.affine) @ prealignment @ self.grid.affine
+        return moving.array, field_into_grid(self.displacement, to_voxels)
 
     def warp(self, moving: np.ndarray | Tensor | Volume) -> np.ndarray:
         """Warp a moving-side image (trilinear): an array on the fixed grid, or a Volume; returns float32."""
-        volume = _as_volume_tensor(self._on_grid(moving, 1), self.displacement.device)
-        return warp(volume, self.displacement)[0, 0].cpu().numpy()
+        array, pull = self._pull(moving)
+        return warp(_as_volume_tensor(array, pull.device), pull)[0, 0].cpu().numpy()
 
     def warp_labels(self, labels: np.ndarray | Tensor | Volume) -> np.ndarray:
         """Warp an integer label map (nearest neighbour, every label code kept exactly, its integer type kept)."""
-        t = torch.as_tensor(_integer_labels(self._on_grid(labels, 0))).to(self.displacement.device)[None, None]
-        return warp_labels(t, self.displacement)[0, 0].cpu().numpy()
+        array, pull = self._pull(labels)
+        t = torch.as_tensor(_integer_labels(array)).to(pull.device)[None, None]
+        return warp_labels(t, pull)[0, 0].cpu().numpy()
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """Fixed-image voxel points (N, 3) -> where they are in the moving image (pull direction)."""

@@ -10,6 +10,7 @@ from .inverse import FieldInverse, invert_affine, invert_composite, invert_displ
 from .transform import (
     as_batched,
     compose,
+    field_into_grid,
     identity_grid,
     invert_points,
     jacobian_determinant,
@@ -32,6 +33,7 @@ __all__ = [
     "invert_displacement",
     "as_batched",
     "compose",
+    "field_into_grid",
     "identity_grid",
     "invert_points",
     "jacobian_determinant",
