@@ -395,3 +395,14 @@ def test_register_takes_a_deformation_model_by_name(files, tmp_path):
     assert json.loads((tmp_path / "smooth" / "metrics.json").read_text())["options"]["smoothing"] == "bspline"
     result = register_ff(files, tmp_path / "bad", "--smoothing", "splines")
     assert result.exit_code == 2 and "'bspline'" in result.output and "Traceback" not in result.output
+
+
+def test_register_takes_a_similarity_measure_by_name(files, tmp_path):
+    result = register_ff(files, tmp_path / "mind", "--similarity", "mind")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "mind" / "metrics.json").read_text())
+    assert metrics["options"]["similarity"] == "mind" and metrics["similarity"]["name"] == "mind"
+    assert metrics["similarity"]["parameters"] == {"radius": 1, "dilation": 2, "eps": 1e-6}
+    result = register_ff(files, tmp_path / "bad", "--similarity", "nmi")
+    assert result.exit_code == 2 and "unknown similarity 'nmi'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "bad").exists()

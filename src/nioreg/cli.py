@@ -64,6 +64,10 @@ def _registration_options(method: str, iters: Optional[str], preset: Optional[st
             from .spatial import resolve_smoothing
 
             resolve_smoothing(smoothing_name)
+        if options.similarity != "lncc":
+            from .losses.similarity import get_similarity
+
+            get_similarity(options.similarity)
     except ValueError as error:
         fail(str(error))
     return options
@@ -91,13 +95,15 @@ def register(
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded in metrics.json)."),
     smoothing: Optional[str] = typer.Option(None, "--smoothing", help="Deformation model applied to every field: "
                                             "none, or bspline (the B-spline-like model of Siebert et al. 2021)."),
+    similarity: str = typer.Option("lncc", "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: "
+                                   "lncc (default), mind, ngf or mi (MIND-SSC/NGF/MI: for different contrasts)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Register MOVING to FIXED and write warped image(s), displacement fields and metrics.json."""
     from .pipeline import register_files
 
     options = _registration_options(method, iters, preset, lr=lr, lam=lam, seed=seed, device=device,
-                                    precision=precision, smoothing=smoothing)
+                                    precision=precision, smoothing=smoothing, similarity=similarity)
     try:
         result, metrics = register_files(
             fixed, moving, model, out, options, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
