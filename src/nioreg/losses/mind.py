@@ -19,11 +19,10 @@ distance is a *square*, a constant region has zero gradient (no ties of the mini
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ._measure import PreparedFeatures, check_images, check_int, check_positive, fixed_features, mask_weights
-from ._measure import prepare_features, weighted_mean
+from ._measure import box_mean, prepare_features, replicate_pad, weighted_mean
 
 __all__ = ["SSC_PAIRS", "mind_ssc_descriptor", "mind", "prepare_mind"]
 
@@ -49,7 +48,7 @@ def mind_ssc_descriptor(image: Tensor, radius: int = 1, dilation: int = 2, eps: 
     fn = "mind_ssc_descriptor"
     radius, dilation, eps = _check_parameters(fn, radius, dilation, eps)
     shape = tuple(image.shape[2:])
-    padded = F.pad(image, (dilation,) * 6, mode="replicate")
+    padded = replicate_pad(image, dilation)
 
     def shifted(offset: tuple[int, int, int]) -> Tensor:
         starts = [dilation + o * dilation for o in offset]
@@ -58,7 +57,7 @@ def mind_ssc_descriptor(image: Tensor, radius: int = 1, dilation: int = 2, eps: 
 
     distances = torch.cat([(shifted(a) - shifted(b)) ** 2 for a, b in SSC_PAIRS], dim=1)
     if radius > 0:
-        distances = F.avg_pool3d(F.pad(distances, (radius,) * 6, mode="replicate"), 2 * radius + 1, stride=1)
+        distances = box_mean(distances, radius)
     distances = distances - distances.min(dim=1, keepdim=True).values
     variance = distances.mean(dim=1, keepdim=True)
     typical = variance.mean(dim=(2, 3, 4), keepdim=True)

@@ -12,18 +12,17 @@ no gradient. Result in [0, 1]; a mask makes it the weighted mean over voxels.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ._measure import PreparedFeatures, check_images, check_positive, fixed_features, mask_weights
-from ._measure import prepare_features, weighted_mean
+from ._measure import prepare_features, replicate_pad, weighted_mean
 
 __all__ = ["central_gradient", "normalised_gradient", "ngf", "prepare_ngf"]
 
 
 def central_gradient(image: Tensor) -> Tensor:
     """(B,3,D,H,W) central differences of a (B,1,D,H,W) image, replicate padding; channel k along axis k."""
-    p = F.pad(image, (1,) * 6, mode="replicate")
+    p = replicate_pad(image, 1)
     return torch.cat([
         (p[:, :, 2:, 1:-1, 1:-1] - p[:, :, :-2, 1:-1, 1:-1]) / 2,
         (p[:, :, 1:-1, 2:, 1:-1] - p[:, :, 1:-1, :-2, 1:-1]) / 2,
