@@ -458,3 +458,14 @@ def test_the_affine_stage_aligns_a_moved_scan_and_every_output_holds_the_whole_t
     _, again = register_files(files["fixed"], moved["moving"], files["model"], tmp_path / "init", ff,
                               affine=AffineStage("none", init_file=out / "affine.txt"), **common)
     assert again["dice"]["mean"] == pytest.approx(aligned["dice"]["mean"], abs=1e-6)
+
+
+def test_register_takes_a_similarity_measure_by_name(files, tmp_path):
+    result = register_ff(files, tmp_path / "mind", "--similarity", "mind")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "mind" / "metrics.json").read_text())
+    assert metrics["options"]["similarity"] == "mind" and metrics["similarity"]["name"] == "mind"
+    assert metrics["similarity"]["parameters"] == {"radius": 1, "dilation": 2, "eps": 1e-6}
+    result = register_ff(files, tmp_path / "bad", "--similarity", "nmi")
+    assert result.exit_code == 2 and "unknown similarity 'nmi'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "bad").exists()

@@ -64,6 +64,10 @@ def _registration_options(method: str, iters: Optional[str], preset: Optional[st
             from .spatial import resolve_smoothing
 
             resolve_smoothing(smoothing_name)
+        if options.similarity != "lncc":
+            from .losses.similarity import get_similarity
+
+            get_similarity(options.similarity)
     except ValueError as error:
         fail(str(error))
     return options
@@ -95,13 +99,15 @@ def register(
                                "are pre-aligned), rigid or affine (for raw scans; writes affine.txt/.mat)."),
     affine_init: Optional[Path] = typer.Option(None, "--affine-init", help="Start from this ITK/ANTs affine "
                                                "(.txt/.tfm/.mat, fixed -> moving); with --affine none it is used as is."),
+    similarity: str = typer.Option("lncc", "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: "
+                                   "lncc (default), mind, ngf or mi (MIND-SSC/NGF/MI: for different contrasts)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Register MOVING to FIXED and write warped image(s), displacement fields and metrics.json."""
     from .pipeline import register_files
 
     options = _registration_options(method, iters, preset, lr=lr, lam=lam, seed=seed, device=device,
-                                    precision=precision, smoothing=smoothing)
+                                    precision=precision, smoothing=smoothing, similarity=similarity)
     try:
         from .prealign import AffineStage
 

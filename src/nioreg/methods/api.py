@@ -47,6 +47,8 @@ class RegistrationResult:
     log: OptimisationLog = field(default_factory=OptimisationLog)
     precision: str = "fp32"
     memory_format: str = "contiguous"
+    similarity: dict = field(default_factory=lambda: {"name": "lncc"})
+    """The measure of the objective: name, parameters and scale (:meth:`nioreg.losses.Similarity.describe`)."""
     grid: Volume | None = None
     """The fixed image (set by :func:`nioreg.register_images`): moving-side :class:`~nioreg.io.Volume` s given
     to :meth:`warp` / :meth:`warp_labels` are brought onto it through their headers first."""
@@ -94,6 +96,7 @@ class RegistrationResult:
             "device": self.device,
             "precision": self.precision,
             "memory_format": self.memory_format,
+            "similarity": self.similarity,
             "seconds_total": self.seconds,
             "seconds_feedforward": self.feedforward_seconds,
             "seconds_per_stage": self.log.stage_seconds,
@@ -162,6 +165,7 @@ def register(
     scale_intensities: bool = True,
     precision: str | None = None,
     memory_format: str | None = None,
+    similarity: str | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (3-D arrays on the same grid) with a LapIRN-family ``model``.
 
@@ -178,11 +182,12 @@ def register(
     ``precision="bf16"`` runs the network under bf16 autocast (loss and optimiser stay fp32).
     ``memory_format`` lays the network's activations and weights out as ``"channels_last"`` or
     ``"contiguous"``; ``"auto"`` picks channels_last on the CPU, where oneDNN runs it faster, and contiguous on
-    CUDA. The model itself is never modified.
+    CUDA. ``similarity`` names the measure S of the objective (``"lncc"`` by default; ``"mind"``, ``"ngf"``,
+    ``"mi"``: :mod:`nioreg.losses.similarity`). The model itself is never modified.
     """
     opts = (options or RegistrationOptions()).updated(
         method=method, iterations=iterations, lr=lr, lam=lam, device=device, seed=seed, smoothing=smoothing,
-        precision=precision, memory_format=memory_format)
+        precision=precision, memory_format=memory_format, similarity=similarity)
     entry, iters, step = opts.entry, opts.resolved_iterations(), opts.resolved_lr()
     _check_recorded_preprocessing(model, scale_intensities)
     dev = resolve_device(opts.device)
@@ -214,7 +219,7 @@ def register(
         displacement=disp.detach(), method=opts.method, iterations=iters, lr=step, lam=opts.lam, seconds=seconds,
         feedforward_seconds=ff_seconds, feedforward_loss=ff_loss, final_loss=final_loss,
         fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=opts.precision,
-        memory_format=memory_format_name(layout),
+        memory_format=memory_format_name(layout), similarity=pair.measure.describe(),
     )
 
 
@@ -241,7 +246,8 @@ def _make_pair(fixed, moving, mask, dev: torch.device, opts: RegistrationOptions
     if scale_intensities:
         fixed_t, moving_t = scale_to_unit(fixed_t), scale_to_unit(moving_t)
     return Pair(fixed_t, moving_t, lam=opts.lam, mask=mask_t, safeguards=safeguards or Safeguards(),
-                smoothing=_smoothing_model(opts.smoothing), precision=opts.precision, memory_format=layout)
+                smoothing=_smoothing_model(opts.smoothing), precision=opts.precision, memory_format=layout,
+                similarity=opts.similarity)
 
 
 def _smoothing_model(value: Callable[[Tensor], Tensor] | str | None) -> Callable[[Tensor], Tensor] | None:
