@@ -469,3 +469,35 @@ def test_register_takes_a_similarity_measure_by_name(files, tmp_path):
     result = register_ff(files, tmp_path / "bad", "--similarity", "nmi")
     assert result.exit_code == 2 and "unknown similarity 'nmi'" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_inverse_transform_maps_points_back(files, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    from nioreg.methods import RegistrationOptions
+    from nioreg.pipeline import register_files
+    from nioreg.prealign import AffineStage
+
+    header = _rotated_header(nib.load(files["moving"]).affine, 8.0, [3.0, 2.0, -2.0])
+    moved = tmp_path / "moving_moved.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(files["moving"]).dataobj), header), moved)
+    out = tmp_path / "out"
+    stage = AffineStage("rigid", levels=(3.0,), rigid_iterations=30, lr=0.02)
+    _, metrics = register_files(files["fixed"], moved, files["model"], out,
+                                RegistrationOptions(method="io", iterations=(5,), lr=0.5), affine=stage, inverse=True)
+    assert metrics["inverse"]["max_residual_voxels"] < 0.1
+    read = lambda name: sitk.DisplacementFieldTransform(sitk.ReadImage(str(out / name), sitk.sitkVectorFloat64))  # noqa: E731
+    forward, backward = read("displacement_itk.nii.gz"), read("inverse_displacement_itk.nii.gz")
+    fixed_affine = nib.load(files["fixed"]).affine
+    rng = np.random.default_rng(0)
+    voxels = rng.uniform(6, np.array(SHAPE) - 7, size=(40, 3))  # inside, away from the borders
+    lps = np.array([-1.0, -1.0, 1.0])
+    errors = []
+    for voxel in voxels:
+        p = (fixed_affine @ np.r_[voxel, 1.0])[:3] * lps
+        q = forward.TransformPoint(tuple(p))
+        errors.append(np.linalg.norm(np.array(backward.TransformPoint(q)) - p))
+    assert max(errors) < 0.1  # mm: landmarks mapped forward then back return
+    inverse_affine = sitk.ReadTransform(str(out / "inverse_affine.txt"))
+    affine = sitk.ReadTransform(str(out / "affine.txt"))
+    point = (5.0, -4.0, 2.0)
+    np.testing.assert_allclose(inverse_affine.TransformPoint(affine.TransformPoint(point)), point, atol=1e-6)

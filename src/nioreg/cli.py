@@ -99,6 +99,8 @@ def register(
                                "are pre-aligned), rigid or affine (for raw scans; writes affine.txt/.mat)."),
     affine_init: Optional[Path] = typer.Option(None, "--affine-init", help="Start from this ITK/ANTs affine "
                                                "(.txt/.tfm/.mat, fixed -> moving); with --affine none it is used as is."),
+    inverse: bool = typer.Option(False, "--inverse", help="Also write the moving -> fixed transform "
+                                 "(inverse_displacement_itk.nii.gz on the moving grid, inverse_affine.txt)."),
     similarity: str = typer.Option("lncc", "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: "
                                    "lncc (default), mind, ngf or mi (MIND-SSC/NGF/MI: for different contrasts)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -115,7 +117,7 @@ def register(
         result, metrics = register_files(
             fixed, moving, model, out, options, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
             variant=variant, fixed_orientation=fixed_orientation, moving_orientation=moving_orientation,
-            progress=not quiet, affine=stage)
+            progress=not quiet, affine=stage, inverse=inverse)
     except user_errors() as error:
         fail(str(error))
     line = f"{method}: {result.seconds:.2f} s, loss {result.feedforward_loss:.4f} (ff) -> {result.final_loss:.4f}"

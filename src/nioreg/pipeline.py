@@ -51,7 +51,7 @@ from .methods import MIN_SIZE, RegistrationOptions, RegistrationResult, Safeguar
 from .methods.affine import AffineResult
 from .models import default_model_path, load_model
 from .prealign import AffineStage
-from .spatial import field_into_grid, regrid_displacement, warp, warp_labels
+from .spatial import field_into_grid, identity_grid, invert_displacement, regrid_displacement, sample, warp, warp_labels
 
 OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
@@ -61,6 +61,8 @@ OUTPUT_NAMES = {
     "affine_txt": "affine.txt",
     "affine_mat": "affine.mat",
     "composite": "composite.h5",
+    "inverse_itk": "inverse_displacement_itk.nii.gz",
+    "inverse_affine": "inverse_affine.txt",
     "metrics": "metrics.json",
 }
 
@@ -331,6 +333,7 @@ def register_files(
     safeguards: Safeguards | None = None,
     progress: bool = False,
     affine: AffineStage | None = None,
+    inverse: bool = False,
 ) -> tuple[RegistrationResult, dict]:
     """Register ``moving`` to ``fixed`` (NIfTI paths) with ``options`` and write the outputs into ``out_dir``.
 
@@ -340,6 +343,7 @@ def register_files(
     when an orientation override was given, so it fits the files the user gave. ``affine`` (an
     :class:`~nioreg.prealign.AffineStage`) aligns the moving image first; the outputs then hold affine ∘
     deformable, and the affine alone is written as ``affine.txt``/``affine.mat`` (and ``composite.h5``).
+    ``inverse=True`` also writes the moving -> fixed transform (:func:`_write_inverse`).
 
     Returns the result and the metrics dictionary that was written to ``metrics.json``.
     """
@@ -384,6 +388,9 @@ def register_files(
             "provenance": provenance(result.device, options.seed),
             "seconds_by_step": times,
         }
+        if inverse:
+            with _timed(times, "inverse"):
+                _write_inverse(folder, inputs, result.displacement, metrics)
         metrics["outputs"] = _write_outputs(folder, result, inputs, warped_image, warped_labels, metrics)
     return result, metrics
 
@@ -407,6 +414,33 @@ def _write_affine(folder: OutputFolder, inputs: RegistrationInputs, disp: np.nda
                                                   "same complete transform")
         return
     save_itk_composite(folder.stage(OUTPUT_NAMES["composite"]), inputs.file_affine, disp, grid)
+
+
+def _write_inverse(folder: OutputFolder, inputs: RegistrationInputs, displacement: torch.Tensor,
+                   metrics: dict) -> None:
+    """The moving -> fixed transform: an ITK displacement field on the moving FILE's grid (and the inverse affine).
+
+    The deformable part is inverted by fixed-point iteration (:func:`nioreg.spatial.invert_displacement`, as
+    ITK/ANTs do). A moving point ``q`` goes to the fixed grid position ``y = A⁻¹ q`` (``A`` the forward
+    target affine: affine stage and headers), then to ``y + v(y)``; the file stores ``p - q`` in LPS mm.
+    """
+    found = invert_displacement(displacement.detach().cpu().float())
+    native = inputs.native_moving or inputs.moving
+    file_affine = native.affine if native.header_affine is None else native.header_affine
+    grid = identity_grid(native.shape, "cpu", torch.float64)
+    to_fixed = torch.as_tensor(np.linalg.inv(inputs.field_target_affine) @ file_affine, dtype=torch.float64)
+    y = torch.einsum("ab,nb...->na...", to_fixed[:3, :3], grid) + to_fixed[:3, 3].view(1, 3, 1, 1, 1)
+    x = y + sample(found.field.double(), y)
+    to_moving_voxels = torch.as_tensor(np.linalg.solve(file_affine, inputs.output_affine), dtype=torch.float64)
+    moving_voxels = (torch.einsum("ab,nb...->na...", to_moving_voxels[:3, :3], x)
+                     + to_moving_voxels[:3, 3].view(1, 3, 1, 1, 1))
+    moving_grid = Volume(np.zeros(native.shape, np.uint8), file_affine)
+    save_itk_displacement(folder.stage(OUTPUT_NAMES["inverse_itk"]), (moving_voxels - grid)[0].float().numpy(),
+                          moving_grid)
+    if inputs.affine is not None:
+        save_itk_affine(folder.stage(OUTPUT_NAMES["inverse_affine"]), np.linalg.inv(inputs.file_affine))
+    metrics["inverse"] = {"iterations": found.iterations, "max_residual_voxels": found.max_residual,
+                          "converged": found.converged}
 
 
 def _label_overlap(inputs: RegistrationInputs, warped_labels: np.ndarray | None) -> dict:
