@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"spatial", "data", "measures"},
     {"losses", "models"},
     {"methods"},
-    {"pipeline", "baselines"},
+    {"pipeline", "prealign", "baselines"},
     {"chest"},
     {"train", "evaluate"},
     {"demo"},

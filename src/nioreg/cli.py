@@ -64,6 +64,10 @@ def _registration_options(method: str, iters: Optional[str], preset: Optional[st
             from .spatial import resolve_smoothing
 
             resolve_smoothing(smoothing_name)
+        if options.similarity != "lncc":
+            from .losses.similarity import get_similarity
+
+            get_similarity(options.similarity)
     except ValueError as error:
         fail(str(error))
     return options
@@ -91,18 +95,29 @@ def register(
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded in metrics.json)."),
     smoothing: Optional[str] = typer.Option(None, "--smoothing", help="Deformation model applied to every field: "
                                             "none, or bspline (the B-spline-like model of Siebert et al. 2021)."),
+    affine: str = typer.Option("none", "--affine", help="Affine stage before the deformable one: none (the images "
+                               "are pre-aligned), rigid or affine (for raw scans; writes affine.txt/.mat)."),
+    affine_init: Optional[Path] = typer.Option(None, "--affine-init", help="Start from this ITK/ANTs affine "
+                                               "(.txt/.tfm/.mat, fixed -> moving); with --affine none it is used as is."),
+    inverse: bool = typer.Option(False, "--inverse", help="Also write the moving -> fixed transform "
+                                 "(inverse_displacement_itk.nii.gz on the moving grid, inverse_affine.txt)."),
+    similarity: str = typer.Option("lncc", "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: "
+                                   "lncc (default), mind, ngf or mi (MIND-SSC/NGF/MI: for different contrasts)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Register MOVING to FIXED and write warped image(s), displacement fields and metrics.json."""
     from .pipeline import register_files
 
     options = _registration_options(method, iters, preset, lr=lr, lam=lam, seed=seed, device=device,
-                                    precision=precision, smoothing=smoothing)
+                                    precision=precision, smoothing=smoothing, similarity=similarity)
     try:
+        from .prealign import AffineStage
+
+        stage = AffineStage(affine, init_file=affine_init, device=device)
         result, metrics = register_files(
             fixed, moving, model, out, options, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
             variant=variant, fixed_orientation=fixed_orientation, moving_orientation=moving_orientation,
-            progress=not quiet)
+            progress=not quiet, affine=stage, inverse=inverse)
     except user_errors() as error:
         fail(str(error))
     line = f"{method}: {result.seconds:.2f} s, loss {result.feedforward_loss:.4f} (ff) -> {result.final_loss:.4f}"

@@ -9,6 +9,7 @@ The one parser of both protocols. Examples::
     nio_m:100,60,30         multi-resolution NIO (levels 1, 2, 3)
     nio_m:100,60,30@lr=2e-4@lambda=0.3
     nio_m:100,60,30@precision=bf16   the network in bf16 autocast (loss and optimiser stay fp32)
+    nio_m:100,60,30@similarity=mind  the objective with MIND-SSC instead of LNCC (also ngf, mi)
     syn                     ANTs SyN (antspyx; options: iters=100x70x50, metric=CC, radius=4, ...)
     niftyreg@maxit=300      NiftyReg reg_f3d (options: maxit, ln, lp, be, le, sx, sim)
     best=nio_m:100,60,60    an explicit label (table row / result file name)
@@ -32,7 +33,7 @@ from typing import Iterable
 BASELINES = ("syn", "niftyreg")
 IDENTITY = ("initial",)
 
-LEARNED_OPTIONS = {"lr": float, "lambda": float, "seed": int, "precision": str}
+LEARNED_OPTIONS = {"lr": float, "lambda": float, "seed": int, "precision": str, "similarity": str}
 BASELINE_OPTIONS = {
     "syn": {"iters": str, "metric": str, "radius": int, "transform": str, "grad_step": float,
             "flow_sigma": float, "total_sigma": float},
@@ -171,7 +172,17 @@ def _parse_options(raw: str, name: str, parts: list[str]) -> dict[str, object]:
         raise _fail(raw, "lambda must be in [0, 1]")
     if options.get("precision", "fp32") not in ("fp32", "bf16"):
         raise _fail(raw, "precision must be fp32 or bf16")
+    if "similarity" in options:
+        options["similarity"] = _check_similarity(raw, str(options["similarity"]))
     return options
+
+
+def _check_similarity(raw: str, name: str) -> str:
+    from ..losses.similarity import similarity_names  # lazily: the parser is torch-free until a measure is named
+
+    if name.lower() not in similarity_names():
+        raise _fail(raw, f"unknown similarity {name!r}; choose one of {', '.join(similarity_names())}")
+    return name.lower()
 
 
 def automatic_label(name: str, iterations: tuple[int, ...] | None, options: dict[str, object]) -> str:

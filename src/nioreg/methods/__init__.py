@@ -13,6 +13,9 @@ the command line reads at start-up) load without torch.
 from ..lazy import lazy_exports
 
 _EXPORTS = {
+    "AffineResult": "affine",
+    "register_affine": "affine",
+    "resample_through_affine": "affine",
     "MIN_SIZE": "api",
     "RegistrationResult": "api",
     "register": "api",

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import Volume, resample_to, same_grid
+from ..io import Volume
 from ..io.preprocess import Preprocessing
 from ..progress import progress
-from ..spatial import jacobian_determinant, transform_points, warp, warp_labels
+from ..spatial import field_into_grid, jacobian_determinant, transform_points, warp, warp_labels
 from .feedforward import feedforward
 from .loop import OptimisationLog, Safeguards
 from .network import in_memory_format, memory_format_name, resolve_memory_format
@@ -47,27 +47,36 @@ class RegistrationResult:
     log: OptimisationLog = field(default_factory=OptimisationLog)
     precision: str = "fp32"
     memory_format: str = "contiguous"
+    similarity: dict = field(default_factory=lambda: {"name": "lncc"})
+    """The measure of the objective: name, parameters and scale (:meth:`nioreg.losses.Similarity.describe`)."""
     grid: Volume | None = None
     """The fixed image (set by :func:`nioreg.register_images`): moving-side :class:`~nioreg.io.Volume` s given
     to :meth:`warp` / :meth:`warp_labels` are brought onto it through their headers first."""
+    prealignment: np.ndarray | None = None
+    """The affine stage's fixed-world -> moving-world matrix (RAS mm) that :attr:`displacement` follows."""
 
-    def _on_grid(self, moving: np.ndarray | Tensor | Volume, order: int) -> np.ndarray | Tensor:
+    def _pull(self, moving: np.ndarray | Tensor | Volume) -> tuple[np.ndarray | Tensor, Tensor]:
+        """The array to sample and the pull field that samples it: a Volume on its own grid is sampled directly
+        (through the headers and :attr:`prealignment`), with one interpolation."""
         if not isinstance(moving, Volume):
-            return moving
+            return moving, self.displacement
         if self.grid is None:
-            raise ValueError("this result has no fixed grid to resample a Volume onto: pass an array on the fixed "
+            raise ValueError("this result has no fixed grid to bring a Volume onto: pass an array on the fixed "
                              "grid, or register with nioreg.register_images")
-        return moving.array if same_grid(moving, self.grid) else resample_to(moving, self.grid, order=order).array
+        prealignment = np.eye(4) if self.prealignment is None else self.prealignment
+        to_voxels = np.linalg.inv(moving.affine) @ prealignment @ self.grid.affine
+        return moving.array, field_into_grid(self.displacement, to_voxels)
 
     def warp(self, moving: np.ndarray | Tensor | Volume) -> np.ndarray:
         """Warp a moving-side image (trilinear): an array on the fixed grid, or a Volume; returns float32."""
-        volume = _as_volume_tensor(self._on_grid(moving, 1), self.displacement.device)
-        return warp(volume, self.displacement)[0, 0].cpu().numpy()
+        array, pull = self._pull(moving)
+        return warp(_as_volume_tensor(array, pull.device), pull)[0, 0].cpu().numpy()
 
     def warp_labels(self, labels: np.ndarray | Tensor | Volume) -> np.ndarray:
         """Warp an integer label map (nearest neighbour, every label code kept exactly, its integer type kept)."""
-        t = torch.as_tensor(_integer_labels(self._on_grid(labels, 0))).to(self.displacement.device)[None, None]
-        return warp_labels(t, self.displacement)[0, 0].cpu().numpy()
+        array, pull = self._pull(labels)
+        t = torch.as_tensor(_integer_labels(array)).to(pull.device)[None, None]
+        return warp_labels(t, pull)[0, 0].cpu().numpy()
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """Fixed-image voxel points (N, 3) -> where they are in the moving image (pull direction)."""
@@ -87,6 +96,7 @@ class RegistrationResult:
             "device": self.device,
             "precision": self.precision,
             "memory_format": self.memory_format,
+            "similarity": self.similarity,
             "seconds_total": self.seconds,
             "seconds_feedforward": self.feedforward_seconds,
             "seconds_per_stage": self.log.stage_seconds,
@@ -155,6 +165,7 @@ def register(
     scale_intensities: bool = True,
     precision: str | None = None,
     memory_format: str | None = None,
+    similarity: str | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (3-D arrays on the same grid) with a LapIRN-family ``model``.
 
@@ -171,11 +182,12 @@ def register(
     ``precision="bf16"`` runs the network under bf16 autocast (loss and optimiser stay fp32).
     ``memory_format`` lays the network's activations and weights out as ``"channels_last"`` or
     ``"contiguous"``; ``"auto"`` picks channels_last on the CPU, where oneDNN runs it faster, and contiguous on
-    CUDA. The model itself is never modified.
+    CUDA. ``similarity`` names the measure S of the objective (``"lncc"`` by default; ``"mind"``, ``"ngf"``,
+    ``"mi"``: :mod:`nioreg.losses.similarity`). The model itself is never modified.
     """
     opts = (options or RegistrationOptions()).updated(
         method=method, iterations=iterations, lr=lr, lam=lam, device=device, seed=seed, smoothing=smoothing,
-        precision=precision, memory_format=memory_format)
+        precision=precision, memory_format=memory_format, similarity=similarity)
     entry, iters, step = opts.entry, opts.resolved_iterations(), opts.resolved_lr()
     _check_recorded_preprocessing(model, scale_intensities)
     dev = resolve_device(opts.device)
@@ -207,7 +219,7 @@ def register(
         displacement=disp.detach(), method=opts.method, iterations=iters, lr=step, lam=opts.lam, seconds=seconds,
         feedforward_seconds=ff_seconds, feedforward_loss=ff_loss, final_loss=final_loss,
         fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=opts.precision,
-        memory_format=memory_format_name(layout),
+        memory_format=memory_format_name(layout), similarity=pair.measure.describe(),
     )
 
 
@@ -234,7 +246,8 @@ def _make_pair(fixed, moving, mask, dev: torch.device, opts: RegistrationOptions
     if scale_intensities:
         fixed_t, moving_t = scale_to_unit(fixed_t), scale_to_unit(moving_t)
     return Pair(fixed_t, moving_t, lam=opts.lam, mask=mask_t, safeguards=safeguards or Safeguards(),
-                smoothing=_smoothing_model(opts.smoothing), precision=opts.precision, memory_format=layout)
+                smoothing=_smoothing_model(opts.smoothing), precision=opts.precision, memory_format=layout,
+                similarity=opts.similarity)
 
 
 def _smoothing_model(value: Callable[[Tensor], Tensor] | str | None) -> Callable[[Tensor], Tensor] | None:

@@ -30,6 +30,8 @@ class RegistrationOptions:
     ``iterations``/``lr`` = ``None``: the method's defaults, or its ``preset`` counts when ``preset`` names
     one (:meth:`nioreg.methods.registry.MethodEntry.iterations_for`). ``smoothing``: a deformation model
     applied to every field (``None``, ``"bspline"`` or a callable, see :func:`nioreg.spatial.resolve_smoothing`).
+    ``similarity``: the measure S of the objective by name (:mod:`nioreg.losses.similarity`; validated there,
+    lazily, so that this module stays free of torch).
     """
 
     method: str = "nio_m"
@@ -42,8 +44,12 @@ class RegistrationOptions:
     precision: str = "fp32"
     memory_format: str = "auto"
     smoothing: str | Callable | None = None
+    similarity: str = "lncc"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.similarity, str) or not self.similarity.strip():
+            raise ValueError(f"similarity must be a measure's name (e.g. lncc, mind, ngf, mi), got {self.similarity!r}")
+        object.__setattr__(self, "similarity", self.similarity.strip().lower())  # checked by name when it is used
         if self.iterations is not None and not isinstance(self.iterations, tuple):
             counts = [self.iterations] if isinstance(self.iterations, int) else list(self.iterations)
             object.__setattr__(self, "iterations", tuple(int(i) for i in counts))

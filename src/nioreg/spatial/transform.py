@@ -19,6 +19,7 @@ __all__ = [
     "identity_grid",
     "warp",
     "warp_labels",
+    "field_into_grid",
     "compose",
     "resize_displacement",
     "regrid_displacement",
@@ -104,6 +105,20 @@ def warp_labels(labels: Tensor, disp: Tensor) -> Tensor:
     batch, channels = labels.shape[:2]
     flat = index.reshape(index.shape[0], 1, -1).expand(batch, channels, -1)
     return torch.gather(labels.reshape(batch, channels, -1), 2, flat).reshape(batch, channels, *disp.shape[2:])
+
+
+def field_into_grid(disp: Tensor, to_voxels) -> Tensor:
+    """A pull field on the same grid as ``disp`` whose targets are ``to_voxels @ (x + u(x))``.
+
+    ``to_voxels`` (4x4) maps the fixed grid's voxel positions to the voxels of another image (e.g. the moving
+    image on its own grid, through the headers and an affine): :func:`warp` / :func:`warp_labels` with the
+    result sample that image directly, with one interpolation instead of resampling it first.
+    """
+    disp = as_batched(disp, 3).double()
+    grid = identity_grid(disp.shape[2:], disp.device, torch.float64)
+    m = torch.as_tensor(to_voxels, dtype=torch.float64, device=disp.device)
+    mapped = torch.einsum("ab,nb...->na...", m[:3, :3], grid + disp) + m[:3, 3].view(1, 3, 1, 1, 1)
+    return (mapped - grid).float()
 
 
 def compose(first: Tensor, second: Tensor) -> Tensor:
