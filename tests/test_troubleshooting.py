@@ -2,6 +2,7 @@
 
 The messages are read from the source with ``ast`` (no imports, no torch): the message argument of every
 ``InputError(...)``, ``input_error(role, path, problem)``, ``_fail(path_or_spec, problem)``, ``fail(...)``,
+``interrupted(...)`` (Ctrl-C),
 ``SpecError(...)``, ``ModelFileError`` and its subclasses, ``BaselineUnavailable(...)``, ``warnings.warn(...)``,
 the ``ValueError``/``RuntimeError`` messages of the modules that check what a user chooses
 (:data:`USER_FACING_MODULES`), the lines printed as ``nioreg: warning: ...`` / ``nioreg: interrupted ...`` and
@@ -28,7 +29,7 @@ DOC = ROOT / "docs" / "troubleshooting.md"
 KEY_WORDS = 6
 """At most this many words of a message's first literal stretch are looked for in the doc."""
 
-ALWAYS = {"InputError", "input_error", "_fail", "fail", "SpecError", "BaselineUnavailable", "warn"}
+ALWAYS = {"InputError", "input_error", "_fail", "fail", "interrupted", "SpecError", "BaselineUnavailable", "warn"}
 """Calls whose message is always the user's (plus the ModelFileError family, read from models/errors.py)."""
 
 USER_FACING_MODULES = {
@@ -154,7 +155,7 @@ def test_the_scan_finds_the_known_kinds_of_message():
     keys = {key for _, _, key in user_messages()}
     for expected in ("file not found", "is in use by another nioreg", "unknown model name",
                      "baselines are not part of the", "--device cuda was asked for, but",
-                     "the label maps hold different labels", "interrupted; the finished cases",
+                     "the label maps hold different labels", "the finished cases are kept in",
                      "give either --iters or --preset, not", "is the published"):
         assert any(expected in key for key in keys), expected
     assert len(keys) > 150
