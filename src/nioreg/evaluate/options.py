@@ -100,7 +100,11 @@ def refuse_unhonoured(options: EvaluateOptions, protocol: str, honoured: frozens
 
     for name in given_options(options):
         if name not in COMMON_OPTIONS and name not in honoured:
-            own = ", ".join(option_name(n) for n in sorted(honoured)) or "none"
+            flags = sorted(option_name(n) for n in honoured if option_name(n).startswith("--"))
+            python_only = sorted(n for n in honoured if not option_name(n).startswith("--"))
+            own = ", ".join(flags) or "none"
+            if python_only:
+                own += f"; from Python also {', '.join(python_only)}"
             raise InputError(f"{option_name(name)} is not an option of the {protocol} protocol "
                              f"(its own options: {own})")
 

@@ -151,6 +151,8 @@ def _short_reason(exc: BaseException) -> str:
         return f"content that is not plain tensors/values ({detail or 'unsupported pickle'})"
     if not text:
         return "empty or truncated file" if isinstance(exc, EOFError) else type(exc).__name__
+    if isinstance(exc, KeyError):  # the unpickler's opcode table: the bytes are not a pickle at all
+        return "its bytes are not a pickle (a text file, an image, or another format?)"
     line = text.splitlines()[0]
     return line if len(line) <= 200 else line[:200] + "..."
 
@@ -255,7 +257,9 @@ def _model_from_nioreg(path: Path, obj: Mapping[str, Any], variant: str | None, 
         want = OFFICIAL_VARIANTS[variant]
         got = {k: cfg[k] for k in ("variant", "conditional", "lite")}
         if any(cfg[k] != want[k] for k in got):
-            raise _fail(path, f"the file holds a {got} model, not variant {variant!r}")
+            held = f"{cfg['variant']}{' conditional' if cfg['conditional'] else ''}{' lite' if cfg['lite'] else ''}"
+            raise _fail(path, f"the file holds a {held} model, not variant {variant!r}; leave --variant out "
+                              "(a nioreg model file records its own)")
     if start_channel is not None and start_channel != cfg["start_channel"]:
         raise _fail(path, f"the file holds start_channel {cfg['start_channel']}, not {start_channel}")
     sd = obj["state_dict"]

@@ -424,8 +424,8 @@ class Trainer:
         total, sim, reg = level_loss(net, fixed, moving, level, lam, window=cfg.window, mask=mask,
                                      similarity=cfg.similarity)
         if not torch.isfinite(total):
-            raise RuntimeError(f"training diverged at level {level}, step {step + 1}: the loss is "
-                               f"{float(total)}; lower --lr or check the images")
+            raise InputError(f"training diverged at level {level}, step {step + 1}: the loss is "
+                             f"{float(total)}; lower --lr or check the images")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         if step < cfg.freeze_steps:  # official freeze_step: the lower levels wait
