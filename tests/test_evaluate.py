@@ -366,3 +366,12 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     result = runner.invoke(app, ["evaluate", str(tmp_path), "--atlas", "S01", "--out", str(tmp_path / "out")])
     assert result.exit_code == 130
     assert "interrupted" in result.output and "run the same command again" in result.output
+
+
+def test_the_affine_stage_runs_before_every_method(dataset, tmp_path):
+    out = tmp_path / "affine"
+    result = evaluate(dataset, out, "--affine", "rigid", "--subjects", "S02", methods=["ff"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "plan.json").read_text())["affine"] == "rigid"
+    result = evaluate(dataset, tmp_path / "bad", "--affine", "similarity", methods=["ff"])
+    assert result.exit_code == 2 and "--affine must be one of none, rigid, affine" in result.output

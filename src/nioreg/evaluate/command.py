@@ -40,6 +40,8 @@ def evaluate_command(
     split: Optional[str] = typer.Option(None, "--split", help="brain: only records of this split (manifest column 'split')."),
     labels: Optional[str] = typer.Option(None, "--labels", help="brain: structures to evaluate (label values, comma separated); default: all."),
     orientation: Optional[str] = typer.Option(None, "--orientation", help="brain: override every image's header orientation, e.g. RAS."),
+    affine: str = typer.Option("none", "--affine", help="brain: affine stage before every method (none, rigid or "
+                               "affine), for subjects that are not pre-aligned to the atlas."),
     lam: float = typer.Option(DEFAULT_LAMBDA, "--lambda", help="Default regularisation weight λ of the learned methods."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="brain (atlas registration, Dice; the default) "
                                            "or dirlab (lung 4DCT, TRE); --merge-only takes the plan's."),
@@ -66,7 +68,8 @@ def evaluate_command(
         dataset=dataset, out=out, protocol=protocol, model=model, variant=variant, methods=list(method) or None,
         reference=reference, subjects=split_list(subjects), lam=lam, seed=seed, device=device, threads=threads,
         shard=shard, merge_only=merge_only, no_merge=no_merge, max_cases=max_cases, progress=not quiet,
-        atlas=list(atlas), split=split, labels=split_list(labels), orientation=orientation, figure_case=figure_case,
+        atlas=list(atlas), split=split, labels=split_list(labels), orientation=orientation, affine=affine,
+        figure_case=figure_case,
         skip_unavailable=skip_unavailable, workdir=workdir, smoothing=smoothing, augment=augment, roi=roi))
 
 

@@ -44,11 +44,14 @@ TRANSLATION_UNIT_MM = 50.0
 """Translation parameters are in units of 50 mm, so one Adam step (about ``lr``) moves as far in mm (0.5 mm at
 lr 0.01) as it turns in centiradians: both kinds of parameter then converge at the same pace."""
 MIN_OVERLAP = 0.01
+MIN_LEVEL_VOXELS = 16
+"""A level of the affine pyramid is never coarser than 16 voxels along the fixed image's shortest axis."""
 
 
 def lncc_similarity(fixed: Tensor, warped: Tensor) -> Tensor:
-    """The default similarity: nioreg's LNCC (window 7), ``-mean(cc)`` in [-1, 0]."""
-    return lncc(fixed, warped)
+    """The default similarity: nioreg's LNCC (window 7, smaller on a smaller grid), ``-mean(cc)`` in [-1, 0]."""
+    smallest = min(fixed.shape[2:])
+    return lncc(fixed, warped, window=min(7, smallest - (1 - smallest % 2)))
 
 
 @dataclass
@@ -137,8 +140,10 @@ def _warp(level: _Level, matrix: Tensor) -> Tensor:
 
 def _spacings(levels: tuple[float, ...], fixed: Volume, moving: Volume) -> list[float]:
     finest = max(min(fixed.spacing), min(moving.spacing))  # never finer than the images themselves
+    extent = min(n * d for n, d in zip(fixed.shape, fixed.spacing))  # mm along the fixed image's shortest axis
+    coarsest = max(finest, extent / MIN_LEVEL_VOXELS)  # a level keeps at least MIN_LEVEL_VOXELS along every axis
     out: list[float] = []
-    for s in sorted((max(float(s), finest) for s in levels), reverse=True):
+    for s in sorted((min(max(float(s), finest), coarsest) for s in levels), reverse=True):
         if not out or s < out[-1] - 1e-6:
             out.append(s)
     return out

@@ -45,6 +45,8 @@ class BrainPlan(Plan):
     subjects: list[dict]
     labels: list[int] | None = None
     orientation: str | None = None
+    affine: str = "none"
+    """The affine stage before every method (:class:`nioreg.prealign.AffineStage` mode)."""
     extra: dict = field(default_factory=dict)
     protocol: ClassVar[str] = "brain"
 
@@ -65,7 +67,8 @@ class BrainPlan(Plan):
 
     def protocol_fields(self) -> dict:
         return {"atlases": self.atlases, "subjects": self.subjects, "labels": self.labels,
-                "orientation": self.orientation, "pairs": [list(p) for p in self.pairs], "extra": self.extra}
+                "orientation": self.orientation, "affine": self.affine, "pairs": [list(p) for p in self.pairs],
+                "extra": self.extra}
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -189,10 +192,12 @@ class PairData:
 
 def load_pair(plan: BrainPlan, atlas: dict, subject: dict) -> PairData:
     from ...pipeline import load_inputs
+    from ...prealign import AffineStage
 
     inputs = load_inputs(atlas["image"], subject["image"], fixed_labels=atlas["labels"],
                          moving_labels=subject["labels"], fixed_orientation=plan.orientation,
-                         moving_orientation=plan.orientation)
+                         moving_orientation=plan.orientation,
+                         affine=AffineStage(plan.affine) if plan.affine != "none" else None)
     fixed_labels = inputs.fixed_labels.array
     moving_labels = inputs.moving_labels.array
     if plan.labels:
@@ -272,9 +277,12 @@ class BrainProtocol(Protocol):
     preset = "brain"
     default_methods = DEFAULT_METHODS
     baselines = True
-    options = frozenset({"atlas", "split", "labels", "orientation", "figure_case", "skip_unavailable", "workdir"})
+    options = frozenset({"atlas", "split", "labels", "orientation", "affine", "figure_case", "skip_unavailable",
+                         "workdir"})
 
     def make_plan(self, options: EvaluateOptions, specs: list[MethodSpec], echo) -> BrainPlan:
+        from ...prealign import AffineStage
+
         if not options.atlas:
             raise InputError("give at least one --atlas (a subject name or an image path)")
         specs = available_specs(specs, options.skip_unavailable, echo)
@@ -282,14 +290,16 @@ class BrainProtocol(Protocol):
         atlases = resolve_atlases(options.atlas, records)
         subjects = _select_subjects(records, options.dataset, options.subjects, options.split)
         plan = BrainPlan(**self.plan_fields(options, specs), atlases=atlases, subjects=subjects,
-                         labels=_label_values(options.labels), orientation=options.orientation)
+                         labels=_label_values(options.labels), orientation=options.orientation,
+                         affine=AffineStage(options.affine).mode)
         if not plan.pairs:
             raise InputError("nothing to evaluate: every subject is an atlas (or the subject list is empty)")
         return plan
 
     def plan_from_dict(self, d: dict) -> BrainPlan:
         return BrainPlan(**Plan.common_fields(d, self.preset), atlases=d["atlases"], subjects=d["subjects"],
-                         labels=d.get("labels"), orientation=d.get("orientation"), extra=d.get("extra", {}))
+                         labels=d.get("labels"), orientation=d.get("orientation"), affine=d.get("affine", "none"),
+                         extra=d.get("extra", {}))
 
     def case_file(self, label: str, case: str) -> str:
         return f"{CASES_DIR}/{label}/{case}"
