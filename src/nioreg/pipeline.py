@@ -45,6 +45,7 @@ from .io.output_folder import OutputFolder
 from .io.preprocess import Preprocessing
 from .methods import MIN_SIZE, RegistrationOptions, RegistrationResult, Safeguards, register
 from .models import default_model_path, load_model
+from .runtime import cpu_features, thread_setting
 from .spatial import regrid_displacement
 
 OUTPUT_NAMES = {
@@ -242,7 +243,8 @@ def _on_grid(labels: Volume, grid: Volume) -> Volume:
 
 
 def provenance(device: str, seed: int) -> dict:
-    """Versions, device and seed: what is needed to reproduce a result."""
+    """Versions, device, CPU (vector features, threads and where that number came from) and seed: what is
+    needed to reproduce a result and to compare its times."""
     import nibabel
 
     info = {
@@ -254,6 +256,8 @@ def provenance(device: str, seed: int) -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_threads_from": thread_setting()["source"],
+        "cpu": cpu_features(),
         "device": device,
         "seed": seed,
         "command": shlex.join(sys.argv),  # shell-quoted: can be re-run as written

@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import typer
 
-from ..console import fail, user_errors
+from ..console import fail, start_command, threads_option, user_errors
 from ..defaults import DEFAULT_LAMBDA
 
 DEFAULT_METHODS = ["ff", "io:50", "io:200", "nio:50", "nio_m:100,60,30"]
@@ -91,7 +91,7 @@ def evaluate_command(
     max_cases: Optional[int] = typer.Option(None, "--max-cases", help="Stop after computing this many cases (time-boxed runs)."),
     figure_case: Optional[str] = typer.Option(None, "--figure-case", help="Case of the figures, ATLAS/SUBJECT (default: lowest reference Dice)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available; cuda:LOCAL_RANK under torchrun)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and the baseline tools."),
+    threads: Optional[int] = threads_option(),
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded)."),
     skip_unavailable: bool = typer.Option(False, "--skip-unavailable", help="Drop baselines whose tool is not installed (with a note) instead of stopping."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Folder for the baselines' temporary files."),
@@ -105,6 +105,7 @@ def evaluate_command(
     """Evaluate methods on brain atlas registration: Dice, DSC30, std|J|, folding, time, Wilcoxon, report."""
     from .specs import SpecError
 
+    start_command(threads)
     errors = user_errors() + (SpecError,)
     protocol = protocol.lower()
     if protocol not in ("brain", "dirlab"):
@@ -148,13 +149,13 @@ def run_brain(*, dataset, atlas, model, variant, methods, out, reference="nio_m"
 
     from ..io import InputError
     from ..pipeline import provenance
+    from ..runtime import apply_threads
     from .harness import load_model_for, make_plan, parse_shard, run_cases, write_plan
     from .report import merge
     from .specs import parse_methods, resolve_reference, SpecError
 
     out = Path(out)
-    if threads:
-        torch.set_num_threads(int(threads))
+    apply_threads(threads)
     if merge_only:
         dist = _distributed()
         if dist is not None and dist[0] != 0:

@@ -284,10 +284,11 @@ def run_method(spec: MethodSpec, pair: PairData, *, model=None, plan: Plan, devi
         settings = RegistrationOptions(method=spec.name, iterations=spec.iterations, lr=options.get("lr"),
                                        lam=float(options.get("lambda", plan.lam)), device=device,
                                        seed=int(options.get("seed", plan.seed)),
-                                       precision=str(options.get("precision", "fp32")))
+                                       precision=str(options.get("precision", "auto")))
         result, view = register_volumes(model, pair.fixed, pair.moving, settings)
         summary = result.summary()
-        details = {k: summary[k] for k in ("iterations", "lr", "lambda", "device", "precision", "seconds_feedforward",
+        details = {k: summary[k] for k in ("iterations", "lr", "lambda", "device", "precision", "precision_reason",
+                                           "memory_format", "seconds_feedforward",
                                            "seconds_per_stage", "loss_feedforward", "loss_final",
                                            "fell_back_to_feedforward", "events")}
         details["registration_grid"] = list(view.fixed.shape)

@@ -8,7 +8,8 @@ Examples::
     nio:50                  neural instance optimisation, 50 iterations
     nio_m:100,60,30         multi-resolution NIO (levels 1, 2, 3)
     nio_m:100,60,30@lr=2e-4@lambda=0.3
-    nio_m:100,60,30@precision=bf16   the network in bf16 autocast (loss and optimiser stay fp32)
+    nio_m:100,60,30@precision=bf16   the network in bf16 autocast (loss and optimiser stay fp32); the
+                            default, auto, is bf16 where the device computes it natively, else fp32
     syn                     ANTs SyN (antspyx; options: iters=100x70x50, metric=CC, radius=4, ...)
     niftyreg@maxit=300      NiftyReg reg_f3d (options: maxit, ln, lp, be, le, sx, sim)
     best=nio_m:100,60,60    an explicit label (table row / result folder name)
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+from ..runtime import PRECISIONS
 
 LEARNED = ("ff", "io", "nio", "nio_m")
 BASELINES = ("syn", "niftyreg")
@@ -134,8 +137,8 @@ def parse_method_spec(text: str) -> MethodSpec:
             raise _fail(raw, f"option {key}={value!r} is not a valid {allowed[key].__name__}") from None
     if "lambda" in options and not 0.0 <= float(options["lambda"]) <= 1.0:  # type: ignore[arg-type]
         raise _fail(raw, "lambda must be in [0, 1]")
-    if options.get("precision", "fp32") not in ("fp32", "bf16"):
-        raise _fail(raw, "precision must be fp32 or bf16")
+    if options.get("precision", "auto") not in PRECISIONS:
+        raise _fail(raw, f"precision must be one of {', '.join(PRECISIONS)}")
     if label is None:
         label = name
         if iterations is not None:
