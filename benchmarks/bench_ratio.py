@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import shlex
 import statistics
@@ -139,7 +140,7 @@ def worker(config: dict) -> dict:
                                                                 precision="fp32", memory_format="contiguous")),
              "nioreg": (model, RegistrationOptions(method=method, iterations=iterations, device="cpu"))}
     for name, (net, options) in paths.items():  # oneDNN builds its kernels on first use
-        _time_path(net, fixed, moving, options.updated(method="ff", iterations=None))
+        _time_path(net, fixed, moving, dataclasses.replace(options, method="ff", iterations=None))
     times: dict[str, list[float]] = {"reference": [], "nioreg": []}
     results = {}
     for round_index in range(config["rounds"]):
