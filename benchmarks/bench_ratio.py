@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import os
 import shlex
 import statistics
 import sys
@@ -47,7 +46,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import git_revision, machine, run_worker, serve_worker, split_list, vector_features, write_rows
+from common import (git_revision, lpba_pair_missing, machine, run_worker, serve_worker, split_list, vector_features,
+                    write_rows)
 
 CASES = {"ff": ("ff", None, 1), "nio_m": ("nio_m", (100, 60, 30), 2)}
 """case -> (method, iterations, downsampling factor of the pair)."""
@@ -192,9 +192,9 @@ def main() -> None:
     args = parser.parse_args()
     if serve_worker(args, worker):
         return
-    root = Path(os.environ.get("NIOREG_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-    if not (root / "weights/LapIRN_disp_fea7.pth").is_file() or not (root / "data/lpba40/images").is_dir():
-        print(f"skipped: the LPBA40 pair and LapIRN_disp_fea7.pth are not under {root} (set NIOREG_SHARED)")
+    missing = lpba_pair_missing()
+    if missing:
+        print(f"skipped: {missing}")
         return
     print(f"machine: {machine()}; rev {git_revision()}; {args.isa}", flush=True)
     print("| case | ISA | reference: median, % of fp32 peak | nioreg: median, % of its peak | ratio (paired range) "

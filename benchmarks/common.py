@@ -31,6 +31,16 @@ def vector_features(cpu: dict) -> str:
     return f"{', '.join(flags) or 'no AVX2'}; torch capability {cpu['torch_capability']}"
 
 
+def lpba_pair_missing() -> str | None:
+    """Why the real pair of the ratio benchmarks (LPBA40 S01/S02, the official LapIRN_disp_fea7) is not there,
+    or None: they look under ../shared beside the checkout or NIOREG_SHARED, and skip without it."""
+    env = os.environ.get("NIOREG_SHARED")
+    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
+    if (root / "weights/LapIRN_disp_fea7.pth").is_file() and (root / "data/lpba40/images").is_dir():
+        return None
+    return f"the LPBA40 pair and LapIRN_disp_fea7.pth are not under {root} (set NIOREG_SHARED)"
+
+
 def machine() -> str:
     """CPU model, vector features and thread count (or the GPU name), for the BENCHMARKS.md rows."""
     cpu = cpu_features()
