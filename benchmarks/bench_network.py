@@ -45,7 +45,9 @@ def worker(config: dict) -> dict:
     from nioreg.methods.api import scale_to_unit
     from nioreg.methods.network import in_memory_format, memory_format_name, resolve_memory_format
 
-    torch.set_num_threads(config["threads"])
+    from nioreg.runtime import apply_threads, resolve_precision
+
+    apply_threads(config["threads"])
     device = torch.device(config["device"])
     fixed, moving, _, _, model, description = load_pair(config["factor"], config["synthetic"], tuple(config["shape"]))
     images = [scale_to_unit(torch.as_tensor(v.array, dtype=torch.float32, device=device)[None, None])
@@ -84,6 +86,7 @@ def worker(config: dict) -> dict:
     row = {**config, "data": description, "shape": list(fixed.shape), "first_call_seconds": times[0],
            "median_seconds": statistics.median(times[config["warmup"]:]), "seconds": times[config["warmup"]:],
            "memory_format_used": memory_format_name(layout),
+           "precision_used": resolve_precision(config["precision"], device)[0],
            "torch": torch.__version__, "machine": machine()}
     if reference is not None:
         row["max_abs_diff_vs_fp32_voxels"] = float((out - reference).abs().max())

@@ -63,7 +63,9 @@ def worker(config: dict) -> dict:
     from nioreg.methods import RegistrationOptions
     from nioreg.pipeline import register_volumes
 
-    torch.set_num_threads(config["threads"])
+    from nioreg.runtime import apply_threads
+
+    apply_threads(config["threads"])
     device = torch.device(config["device"])
     fixed, moving, fixed_labels, moving_labels, model, description = load_pair(
         config["factor"], config["synthetic"], tuple(config["shape"]))
@@ -87,6 +89,7 @@ def worker(config: dict) -> dict:
            "dice_before": mean_dice(fixed_labels, moving_labels),
            **jacobian_statistics(result.jacobian_determinant()),
            "fell_back": result.fell_back_to_feedforward, "memory_format_used": result.memory_format,
+           "precision_used": result.precision, "precision_reason": result.precision_reason,
            "peak_cpu_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "cpu_rss_before_gib": rss_before, "torch": torch.__version__, "machine": machine()}
     if device.type == "cuda":
@@ -103,7 +106,7 @@ def _key(row: dict) -> tuple:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="ff;io:200;nio_m:100,60,30", help="method specs separated by ';'")
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: auto, fp32, bf16")
     parser.add_argument("--factor", type=int, default=1, help="1 = full resolution 160x192x160, 2 = half")
     parser.add_argument("--memory-formats", default="auto", help="comma-separated: auto, channels_last, contiguous")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from nioreg.runtime import cpu_features
 
 
 def shared_dir() -> Path:
@@ -24,17 +25,27 @@ def shared_dir() -> Path:
     return path
 
 
+def vector_features(cpu: dict) -> str:
+    """``avx2, avx512f, avx512_bf16; torch capability AVX512``: the CPU features BENCHMARKS.md names beside numbers."""
+    flags = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if cpu.get(name)]
+    return f"{', '.join(flags) or 'no AVX2'}; torch capability {cpu['torch_capability']}"
+
+
+def lpba_pair_missing() -> str | None:
+    """Why the real pair of the ratio benchmarks (LPBA40 S01/S02, the official LapIRN_disp_fea7) is not there,
+    or None: they look under ../shared beside the checkout or NIOREG_SHARED, and skip without it."""
+    env = os.environ.get("NIOREG_SHARED")
+    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
+    if (root / "weights/LapIRN_disp_fea7.pth").is_file() and (root / "data/lpba40/images").is_dir():
+        return None
+    return f"the LPBA40 pair and LapIRN_disp_fea7.pth are not under {root} (set NIOREG_SHARED)"
+
+
 def machine() -> str:
-    """CPU model and thread count (or the GPU name), for the BENCHMARKS.md rows."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    """CPU model, vector features and thread count (or the GPU name), for the BENCHMARKS.md rows."""
+    cpu = cpu_features()
+    text = (f"{cpu['model']} ({vector_features(cpu)}), {cpu['cores']} cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads")
     if torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name(0)}"
     return text
@@ -59,11 +70,17 @@ def downsample_labels(array: np.ndarray, factor: int) -> np.ndarray:
 
 
 def git_revision() -> str:
+    """The checkout's short revision, with ``+changes`` when its code (src/, benchmarks/ except results/) differs."""
+    root = Path(__file__).resolve().parents[1]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
+        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                  cwd=root, check=False).stdout.strip() or "unknown"
+        changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks",
+                                  ":!benchmarks/results"], capture_output=True, text=True, cwd=root,
+                                 check=False).stdout.strip()
     except OSError:
         return "unknown"
+    return revision + ("+changes" if changes else "")
 
 
 def add_worker_options(parser: argparse.ArgumentParser) -> None:
@@ -83,26 +100,29 @@ def serve_worker(args: argparse.Namespace, worker) -> bool:
     return True
 
 
-def run_worker(script: str, config: dict) -> dict | str:
+def run_worker(script: str, config: dict, env: dict | None = None, show_progress: bool = False) -> dict | str:
     """Run ``script --worker CONFIG`` in a fresh process (clean peak memory, no shared caches or compiled code).
 
-    The worker prints one line ``RESULT <json>``; returns that dictionary, or the last line of stderr when the
-    worker failed.
+    ``env`` adds environment variables (e.g. ones torch reads at start-up); ``show_progress`` lets the worker's
+    stderr through to this terminal. The worker prints one line ``RESULT <json>``; returns that dictionary, or
+    the last line of stderr (the exit code with ``show_progress``) when the worker failed.
     """
-    done = subprocess.run([sys.executable, script, "--worker", json.dumps(config)], capture_output=True, text=True,
-                          cwd=Path(script).parent)
+    done = subprocess.run([sys.executable, script, "--worker", json.dumps(config)], stdout=subprocess.PIPE,
+                          stderr=None if show_progress else subprocess.PIPE, text=True, cwd=Path(script).parent,
+                          env={**os.environ, **(env or {})})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        return (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return ((done.stderr or "").strip().splitlines() or [f"exit code {done.returncode}"])[-1]
     return json.loads(lines[-1][len("RESULT "):])
 
 
 def write_rows(path: Path, rows: list[dict], key) -> None:
     """Write ``rows`` to the results file ``path``, replacing earlier rows with the same ``key(row)``.
 
-    Each new row is stamped with the revision it was measured at (kept rows keep theirs)."""
+    Each new row is stamped with the revision and the CPU (:func:`nioreg.runtime.cpu_features`) it was
+    measured on (kept rows keep theirs)."""
     revision = git_revision()
-    rows = [{**row, "revision": row.get("revision", revision)} for row in rows]
+    rows = [{**row, "revision": row.get("revision", revision), "cpu": row.get("cpu", cpu_features())} for row in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(path.read_text())["rows"] if path.is_file() else []
     keep = [r for r in previous if key(r) not in {key(r2) for r2 in rows}]

@@ -90,7 +90,7 @@ def test_bspline_smoothing_keeps_constants_and_removes_high_frequencies():
 def test_register_smoothing_is_applied_to_the_feedforward_field_and_the_optimised_ones(small, model):
     fixed, moving = ct_window(small.fixed_hu), ct_window(small.moving_hu)
     smooth = BSplineSmoothing()
-    result = register(fixed, moving, model, "ff", smoothing=smooth, device="cpu")
+    result = register(fixed, moving, model, "ff", smoothing=smooth, device="cpu", precision="fp32")
     net = PairNetwork(model, scale_to_unit(torch.from_numpy(fixed))[None, None],
                       scale_to_unit(torch.from_numpy(moving))[None, None])
     with torch.no_grad():

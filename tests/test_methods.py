@@ -165,7 +165,7 @@ def test_bad_arguments_are_explained(model, kwargs, message):
 
 def test_bf16_network_stays_close_to_fp32_and_keeps_fp32_outputs(model):
     fixed, moving = smooth_volume(1), smooth_volume(2)
-    exact = register(fixed, moving, model, "ff", device="cpu")
+    exact = register(fixed, moving, model, "ff", device="cpu", precision="fp32")
     fast = register(fixed, moving, model, "ff", device="cpu", precision="bf16")
     assert fast.displacement.dtype == torch.float32 and fast.precision == "bf16"
     scale = exact.displacement.abs().max()
@@ -175,7 +175,10 @@ def test_bf16_network_stays_close_to_fp32_and_keeps_fp32_outputs(model):
     assert nio.final_loss <= nio.feedforward_loss + 1e-7 and nio.summary()["precision"] == "bf16"
 
 
-def test_memory_format_auto_is_channels_last_on_cpu_only():
+def test_memory_format_auto_is_channels_last_on_x86_cpus_only(monkeypatch):
+    import nioreg.runtime
+
+    monkeypatch.setattr(nioreg.runtime, "_torch_cpu_capability", lambda: "AVX512")
     assert resolve_memory_format("auto", torch.device("cpu")) == torch.channels_last_3d
     assert resolve_memory_format("auto", torch.device("cuda")) == torch.contiguous_format
     assert resolve_memory_format("channels_last", torch.device("cuda")) == torch.channels_last_3d
@@ -196,7 +199,7 @@ def test_channels_last_converts_a_copy_and_leaves_the_callers_model_alone(model)
 def test_channels_last_gives_the_contiguous_result(model, method, iterations):
     fixed, moving = smooth_volume(1), smooth_volume(2)
     runs = {fmt: register(fixed, moving, model, method, iterations=iterations, lr=1e-3 if method == "nio_m" else None,
-                          device="cpu", memory_format=fmt) for fmt in ("contiguous", "channels_last")}
+                          device="cpu", precision="fp32", memory_format=fmt) for fmt in ("contiguous", "channels_last")}
     assert runs["channels_last"].summary()["memory_format"] == "channels_last"
     assert runs["contiguous"].summary()["memory_format"] == "contiguous"
     assert runs["channels_last"].displacement.is_contiguous()

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .console import TYPER_SETTINGS, fail, show_warnings_as_lines, user_errors
+from .console import TYPER_SETTINGS, fail, show_warnings_as_lines, start_command, threads_option, user_errors
 from .defaults import DEFAULT_LAMBDA
 from .evaluate.command import evaluate_command
 from .methods.options import RegistrationOptions, iterations_from_text
@@ -89,7 +89,8 @@ def register(
     lam: float = typer.Option(DEFAULT_LAMBDA, "--lambda", help="Regularisation weight λ in [0, 1] of (1-λ)·LNCC + λ·diffusion."),
     variant: Optional[str] = typer.Option(None, "--variant", help="For official .pth checkpoints: disp, diff or clapirn-lite."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    precision: str = typer.Option("fp32", "--precision", help="Network arithmetic: fp32, or bf16 (autocast; faster on GPUs and on CPUs with AVX-512 BF16; loss and optimiser stay fp32)."),
+    precision: str = typer.Option("auto", "--precision", help="Network arithmetic: auto (bf16 where the GPU or CPU computes it natively: CUDA compute capability 8.0+, AVX-512 BF16, AMX; else fp32), fp32, or bf16 (autocast; loss and optimiser stay fp32). The choice and its reason go into metrics.json."),
+    threads: Optional[int] = threads_option(),
     fixed_orientation: Optional[str] = typer.Option(None, "--fixed-orientation", help="Override the fixed header's orientation, e.g. RAS (for wrong headers)."),
     moving_orientation: Optional[str] = typer.Option(None, "--moving-orientation", help="Override the moving header's orientation."),
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded in metrics.json)."),
@@ -110,6 +111,7 @@ def register(
 
     options = _registration_options(method, iters, preset, lr=lr, lam=lam, seed=seed, device=device,
                                     precision=precision, smoothing=smoothing, similarity=similarity)
+    start_command(threads)
     try:
         from .prealign import AffineStage
 
@@ -155,10 +157,12 @@ def demo(
     out: Path = typer.Option(Path("nioreg-demo"), "--out", help="Folder for the figure and metrics."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     quick: bool = typer.Option(False, "--quick", help="Fewer iterations (for smoke tests)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Offline demo on the embedded model and a built-in synthetic pair: FF vs IO vs NIO_m."""
     from .demo import run_demo
 
+    start_command(threads)
     try:
         run_demo(out, device=device, quick=quick)
     except user_errors() as error:

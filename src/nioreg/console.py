@@ -1,4 +1,5 @@
-"""What every ``nioreg`` command shares: one-line errors with exit status 2, and the errors that are the user's.
+"""What every ``nioreg`` command shares: one-line errors with exit status 2, the errors that are the user's,
+and the ``--threads`` option.
 
 Errors about the user's inputs (files, models, options) are printed as one line naming the problem; they
 never show a stack trace. Imports only typer at load time, so ``nioreg --help`` stays fast.
@@ -6,9 +7,14 @@ never show a stack trace. Imports only typer at load time, so ``nioreg --help`` 
 
 from __future__ import annotations
 
-from typing import NoReturn
+import warnings
+from typing import Any, NoReturn, Optional
 
 import typer
+
+THREADS_HELP = ("CPU threads for torch (default: OMP_NUM_THREADS when set, else one per core). Lower it when "
+                "the CPU is shared: several registrations side by side, other jobs on the node (recorded in "
+                "metrics.json).")
 
 
 TYPER_SETTINGS = {"rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
@@ -18,9 +24,7 @@ logs, and flags are shown as flags, not as ``<bool>``)."""
 
 def show_warnings_as_lines() -> None:
     """Python warnings on the command line as ``nioreg: warning: MESSAGE`` (no file and line of the source)."""
-    import warnings
-
-    warnings.formatwarning = lambda message, *args, **kwargs: f"nioreg: warning: {message}\n"
+    warnings.formatwarning = _one_line_warning
 
 
 def fail(message: str) -> NoReturn:
@@ -41,3 +45,24 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .models import ModelFileError
 
     return (InputError, ModelFileError, ValueError, FileNotFoundError)
+
+
+def threads_option() -> Any:
+    """The ``--threads N`` option every command has (a fresh typer option per command)."""
+    return typer.Option(None, "--threads", help=THREADS_HELP)
+
+
+def start_command(threads: Optional[int]) -> dict:
+    """What every command does before its work: apply the thread setting (:func:`nioreg.runtime.apply_threads`;
+    returned, as recorded in metrics.json) and print Python warnings as one ``nioreg: warning:`` line."""
+    from .runtime import apply_threads
+
+    show_warnings_as_lines()
+    try:
+        return apply_threads(threads)
+    except ValueError as error:
+        fail(str(error))
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 - formatwarning's signature
+    return f"nioreg: warning: {message}\n"

@@ -22,6 +22,7 @@ from .io.preprocess import Preprocessing
 from .models import DEFAULT_MODEL, DEMO_MODEL, LapIRN, build_model, load_model, save_model, shipped_model_path
 from .methods import RegistrationOptions
 from .pipeline import register_volumes
+from .runtime import cpu_features, thread_setting
 from .defaults import DEFAULT_LAMBDA
 
 DEMO_USES = DEFAULT_MODEL
@@ -80,16 +81,20 @@ def run_demo(out: str | Path, device: str | None = None, quick: bool = False, mo
         jac = jacobian_statistics(result.jacobian_determinant())
         rows[method] = {"dice": mean_dice(fixed.labels, labels), "iterations": result.iterations,
                         "seconds": result.seconds, "loss": result.final_loss, **jac,
+                        "precision": result.precision, "memory_format": result.memory_format,
                         "events": result.log.events}
         warped[method] = result.warp(moving.image)
         r = rows[method]
         print(f"{method:8s} {r['dice']:6.3f} {r['jacobian_std']:7.3f} {100 * r['folding_fraction']:6.2f} "
               f"{r['seconds']:7.2f}")
+    threads = thread_setting()
+    print(f"network in {result.precision} ({result.precision_reason}), {result.memory_format}; "
+          f"{threads['threads']} CPU thread(s) ({threads['source']})")
     out.mkdir(parents=True, exist_ok=True)
     figure = save_figure(out / "demo.png", fixed.image, moving.image, warped)
     summary = {"shape": DEMO_SHAPE, "model": demo_model_path(model_name).name, "initial_dice": before,
                "methods": rows, "device": result.device, "torch": torch.__version__,
-               "threads": torch.get_num_threads()}
+               "threads": threads, "cpu": cpu_features()}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {figure} and {out / 'demo.json'}")
     return summary

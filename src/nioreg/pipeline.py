@@ -52,6 +52,8 @@ from .methods.affine import AffineResult
 from .models import default_model_path, load_model
 from .prealign import AffineStage
 from .spatial import field_into_grid, identity_grid, invert_displacement, regrid_displacement, sample, warp, warp_labels
+from .runtime import cpu_features, thread_setting
+from .spatial import regrid_displacement
 
 OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
@@ -295,7 +297,8 @@ def _on_grid(volume: Volume, grid: Volume, order: int = 0, affine: AffineResult 
 
 
 def provenance(device: str, seed: int) -> dict:
-    """Versions, device and seed: what is needed to reproduce a result."""
+    """Versions, device, CPU (vector features, threads and where that number came from) and seed: what is
+    needed to reproduce a result and to compare its times."""
     import nibabel
 
     info = {
@@ -307,6 +310,8 @@ def provenance(device: str, seed: int) -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_threads_from": thread_setting()["source"],
+        "cpu": cpu_features(),
         "device": device,
         "seed": seed,
         "command": shlex.join(sys.argv),  # shell-quoted: can be re-run as written

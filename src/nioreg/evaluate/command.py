@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from ..console import fail, interrupted, user_errors
+from ..console import fail, interrupted, start_command, threads_option, user_errors
 from ..defaults import DEFAULT_LAMBDA
 from .options import EvaluateOptions, split_list
 
@@ -52,7 +52,7 @@ def evaluate_command(
     max_cases: Optional[int] = typer.Option(None, "--max-cases", help="Stop after computing this many cases (time-boxed runs)."),
     figure_case: Optional[str] = typer.Option(None, "--figure-case", help="brain: case of the figures, ATLAS/SUBJECT (default: lowest reference Dice)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available; cuda:LOCAL_RANK under torchrun)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and the baseline tools."),
+    threads: Optional[int] = threads_option(),
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded)."),
     skip_unavailable: bool = typer.Option(False, "--skip-unavailable", help="brain: drop baselines whose tool is not installed (with a note) instead of stopping."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="brain: folder for the baselines' temporary files."),
@@ -77,6 +77,7 @@ def run_command(options: EvaluateOptions) -> None:
     """Run :func:`nioreg.evaluate.harness.evaluate`; the user's errors become one line and exit status 2."""
     from .harness import evaluate
 
+    start_command(options.threads)
     try:
         evaluate(options, echo=typer.echo)
     except KeyboardInterrupt:

@@ -538,10 +538,9 @@ def evaluate(options: EvaluateOptions, *, echo: Echo | None = print) -> dict | N
         raise InputError("give the output folder (--out)")
     if options.dataset is None and not options.merge_only:
         raise InputError("give the DATASET (folder or manifest), or --merge-only")
-    if options.threads:
-        import torch
+    from ..runtime import apply_threads
 
-        torch.set_num_threads(int(options.threads))
+    apply_threads(options.threads)  # --threads, else OMP_NUM_THREADS, else torch's default; recorded in provenance
     if options.merge_only:
         return _merge_only(options, echo)
     protocol = get_protocol(options.protocol or "brain")

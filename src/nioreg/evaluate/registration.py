@@ -24,7 +24,7 @@ def registration_options(spec: MethodSpec, *, lam: float, seed: int, device: str
     return RegistrationOptions(method=spec.name, iterations=spec.iterations, preset=spec.preset,
                                lr=options.get("lr"), lam=float(options.get("lambda", lam)),
                                seed=int(options.get("seed", seed)), device=device,
-                               precision=str(options.get("precision", "fp32")), smoothing=smoothing,
+                               precision=str(options.get("precision", "auto")), smoothing=smoothing,
                                similarity=str(options.get("similarity", "lncc")))
 
 

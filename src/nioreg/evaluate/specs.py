@@ -8,7 +8,8 @@ The one parser of both protocols. Examples::
     nio:50                  neural instance optimisation, 50 iterations
     nio_m:100,60,30         multi-resolution NIO (levels 1, 2, 3)
     nio_m:100,60,30@lr=2e-4@lambda=0.3
-    nio_m:100,60,30@precision=bf16   the network in bf16 autocast (loss and optimiser stay fp32)
+    nio_m:100,60,30@precision=bf16   the network in bf16 autocast (loss and optimiser stay fp32); the
+                            default, auto, is bf16 where the device computes it natively, else fp32
     nio_m:100,60,30@similarity=mind  the objective with MIND-SSC instead of LNCC (also ngf, mi)
     syn                     ANTs SyN (antspyx; options: iters=100x70x50, metric=CC, radius=4, ...)
     niftyreg@maxit=300      NiftyReg reg_f3d (options: maxit, ln, lp, be, le, sx, sim)
@@ -30,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from ..runtime import PRECISIONS
 BASELINES = ("syn", "niftyreg")
 IDENTITY = ("initial",)
 
@@ -170,8 +172,8 @@ def _parse_options(raw: str, name: str, parts: list[str]) -> dict[str, object]:
             raise _fail(raw, f"option {key}={value!r} is not a valid {allowed[key].__name__}") from None
     if "lambda" in options and not 0.0 <= float(options["lambda"]) <= 1.0:  # type: ignore[arg-type]
         raise _fail(raw, "lambda must be in [0, 1]")
-    if options.get("precision", "fp32") not in ("fp32", "bf16"):
-        raise _fail(raw, "precision must be fp32 or bf16")
+    if options.get("precision", "auto") not in PRECISIONS:
+        raise _fail(raw, f"precision must be one of {', '.join(PRECISIONS)}")
     if "similarity" in options:
         options["similarity"] = _check_similarity(raw, str(options["similarity"]))
     return options

@@ -16,7 +16,8 @@ from ..progress import progress
 from ..spatial import field_into_grid, jacobian_determinant, transform_points, warp, warp_labels
 from .feedforward import feedforward
 from .loop import OptimisationLog, Safeguards
-from .network import in_memory_format, memory_format_name, resolve_memory_format
+from ..runtime import resolve_layout, resolve_precision
+from .network import in_memory_format, resolve_memory_format
 from .options import RegistrationOptions
 from .pair import Pair
 from .registry import MethodContext
@@ -49,6 +50,9 @@ class RegistrationResult:
     memory_format: str = "contiguous"
     similarity: dict = field(default_factory=lambda: {"name": "lncc"})
     """The measure of the objective: name, parameters and scale (:meth:`nioreg.losses.Similarity.describe`)."""
+    precision_reason: str = ""
+    """Why the network ran in :attr:`precision` (``auto`` decides per device: :func:`nioreg.runtime.resolve_precision`)."""
+    memory_format_reason: str = ""
     grid: Volume | None = None
     """The fixed image (set by :func:`nioreg.register_images`): moving-side :class:`~nioreg.io.Volume` s given
     to :meth:`warp` / :meth:`warp_labels` are brought onto it through their headers first."""
@@ -95,8 +99,10 @@ class RegistrationResult:
             "lambda": self.lam,
             "device": self.device,
             "precision": self.precision,
+            "precision_reason": self.precision_reason,
             "memory_format": self.memory_format,
             "similarity": self.similarity,
+            "memory_format_reason": self.memory_format_reason,
             "seconds_total": self.seconds,
             "seconds_feedforward": self.feedforward_seconds,
             "seconds_per_stage": self.log.stage_seconds,
@@ -182,10 +188,12 @@ def register(
     every field the method produces (feed-forward included) before it is evaluated, e.g. ``"bspline"``
     (:func:`nioreg.spatial.resolve_smoothing`). ``scale_intensities=False`` skips the min–max scaling to
     [0, 1] for inputs that were already normalised (e.g. by the preprocessing a model records).
-    ``precision="bf16"`` runs the network under bf16 autocast (loss and optimiser stay fp32).
-    ``memory_format`` lays the network's activations and weights out as ``"channels_last"`` or
-    ``"contiguous"``; ``"auto"`` picks channels_last on the CPU, where oneDNN runs it faster, and contiguous on
-    CUDA. ``similarity`` names the measure S of the objective (``"lncc"`` by default; ``"mind"``, ``"ngf"``,
+    ``precision="bf16"`` runs the network under bf16 autocast (loss and optimiser stay fp32); ``"auto"`` (the
+    default) is bf16 where the device computes it natively and fp32 otherwise
+    (:func:`nioreg.runtime.resolve_precision`). ``memory_format`` lays the network's activations and weights
+    out as ``"channels_last"`` or ``"contiguous"``; ``"auto"`` picks what was measured faster on the device
+    (:func:`nioreg.runtime.resolve_layout`). The choices and their reasons are in the result (``summary()``).
+    ``similarity`` names the measure S of the objective (``"lncc"`` by default; ``"mind"``, ``"ngf"``,
     ``"mi"``: :mod:`nioreg.losses.similarity`). The model itself is never modified.
     """
     opts = (options or RegistrationOptions()).updated(
@@ -195,16 +203,16 @@ def register(
     _check_recorded_preprocessing(model, scale_intensities)
     dev = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
-    layout = resolve_memory_format(opts.memory_format, dev)
-    pair = _make_pair(fixed, moving, mask, dev, opts, layout, safeguards, scale_intensities)
+    arithmetic, arithmetic_reason = resolve_precision(opts.precision, dev)
+    layout_name, layout_reason = resolve_layout(opts.memory_format, dev)
+    layout = resolve_memory_format(layout_name, dev)
+    pair = _make_pair(fixed, moving, mask, dev, opts.updated(precision=arithmetic), layout, safeguards,
+                      scale_intensities)
     model = in_memory_format(model.to(dev).eval(), layout)
     bar = _progress_bar(pair, opts.method, sum(iters)) if progress and entry.optimises else None
 
     started = time.perf_counter()
-    network_field = feedforward(pair, model)
-    with torch.no_grad():
-        ff = pair.smooth(network_field)
-    _sync(dev)
+    network_field, ff = _feedforward_fields(pair, model, dev)
     ff_seconds = time.perf_counter() - started
     ff_loss = pair.loss_of(ff)
 
@@ -221,8 +229,9 @@ def register(
     return RegistrationResult(
         displacement=disp.detach(), method=opts.method, iterations=iters, lr=step, lam=opts.lam, seconds=seconds,
         feedforward_seconds=ff_seconds, feedforward_loss=ff_loss, final_loss=final_loss,
-        fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=opts.precision,
-        memory_format=memory_format_name(layout), similarity=pair.measure.describe(),
+        fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=arithmetic,
+        memory_format=layout_name, precision_reason=arithmetic_reason, memory_format_reason=layout_reason,
+        similarity=pair.measure.describe(),
     )
 
 
@@ -271,6 +280,15 @@ def _progress_bar(pair: Pair, method: str, total: int):
 
     pair.on_iteration = on_iteration
     return bar
+
+
+def _feedforward_fields(pair: Pair, model: nn.Module, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The network's raw field and the feed-forward result (the raw field through the deformation model)."""
+    network_field = feedforward(pair, model)
+    with torch.no_grad():
+        ff = pair.smooth(network_field)
+    _sync(device)
+    return network_field, ff
 
 
 def _sync(device: torch.device) -> None:

@@ -17,14 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import official_to_voxel
-from .options import PRECISIONS
+from ..runtime import LAYOUTS, PRECISIONS, resolve_layout, resolve_precision
 
 MULTIPLE = 8
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-"""Layout of the network's activations and convolution weights. ``channels_last`` (``torch.channels_last_3d``)
-is what oneDNN's CPU convolutions run natively: on the 2-core EPYC of BENCHMARKS.md it makes a full-resolution
-feed-forward registration 1.5× faster in bf16 and 1.7× in fp32 (bench_speed.py). ``auto`` picks it on the CPU
-and keeps ``contiguous`` on CUDA, where it has not been measured yet."""
+MEMORY_FORMATS = LAYOUTS
+"""Layout of the network's activations and convolution weights: ``channels_last`` (``torch.channels_last_3d``,
+what oneDNN's CPU convolutions run natively), ``contiguous``, or ``auto`` (what was measured faster on the
+device, :func:`nioreg.runtime.resolve_layout`)."""
 
 
 def padding_for(shape: tuple[int, ...], multiple: int = MULTIPLE) -> tuple[int, ...]:
@@ -37,12 +36,9 @@ def padding_for(shape: tuple[int, ...], multiple: int = MULTIPLE) -> tuple[int, 
 
 
 def resolve_memory_format(memory_format: str, device: torch.device) -> torch.memory_format:
-    """The torch layout for one of :data:`MEMORY_FORMATS` on ``device``."""
-    if memory_format not in MEMORY_FORMATS:
-        raise ValueError(f"unknown memory format {memory_format!r}; choose one of {', '.join(MEMORY_FORMATS)}")
-    if memory_format == "auto":
-        memory_format = "channels_last" if device.type == "cpu" else "contiguous"
-    return torch.channels_last_3d if memory_format == "channels_last" else torch.contiguous_format
+    """The torch layout for one of :data:`MEMORY_FORMATS` on ``device`` (``auto``: :func:`~nioreg.runtime.resolve_layout`)."""
+    name, _ = resolve_layout(memory_format, device)
+    return torch.channels_last_3d if name == "channels_last" else torch.contiguous_format
 
 
 def memory_format_name(memory_format: torch.memory_format) -> str:
@@ -66,7 +62,8 @@ class PairNetwork:
     """A network bound to one (fixed, moving) pair: ``field(level)`` is a full-size voxel displacement.
 
     ``fixed`` and ``moving`` are ``(1, 1, D, H, W)`` tensors already scaled to ``[0, 1]`` on the fixed grid.
-    ``lam`` is given to conditional networks only; ``precision`` is one of :data:`PRECISIONS`;
+    ``lam`` is given to conditional networks only; ``precision`` is ``"fp32"``, ``"bf16"`` or ``"auto"`` (decided
+    for the pair's device by :func:`nioreg.runtime.resolve_precision`);
     ``memory_format`` is the layout the network's inputs are given in (its weights should match it, see
     :func:`in_memory_format`). Fields come back contiguous whatever the layout inside.
     """
@@ -76,7 +73,9 @@ class PairNetwork:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.model = model
-        self.autocast = precision == "bf16"
+        # register() resolves "auto" once (and warns about an emulated bf16 once); direct users get the same rule.
+        resolved = resolve_precision(precision, fixed.device)[0] if precision == "auto" else precision
+        self.autocast = resolved == "bf16"
         self.shape = tuple(fixed.shape[2:])
         self.lam = lam if getattr(model, "config", {}).get("conditional", False) else None
         self.pads = padding_for(self.shape)

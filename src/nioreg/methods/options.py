@@ -13,14 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..defaults import DEFAULT_LAMBDA
+from ..runtime import LAYOUTS, PRECISIONS
 from .registry import MethodEntry, get_method
 
 __all__ = ["PRECISIONS", "RegistrationOptions", "iterations_from_text"]
-
-PRECISIONS = ("fp32", "bf16")
-"""Network arithmetic: fp32, or bf16 autocast (GPU tensor cores; CPUs with AVX-512 BF16 / AMX). Only the
-network runs in bf16: its field is returned in fp32, and the loss, the warp of the full-resolution images
-and the optimiser state stay in fp32."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +28,11 @@ class RegistrationOptions:
     applied to every field (``None``, ``"bspline"`` or a callable, see :func:`nioreg.spatial.resolve_smoothing`).
     ``similarity``: the measure S of the objective by name (:mod:`nioreg.losses.similarity`; validated there,
     lazily, so that this module stays free of torch).
+    ``precision``: the network's arithmetic, ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: bf16 where the
+    device computes it natively, else fp32 (:func:`nioreg.runtime.resolve_precision`). Only the network runs
+    in bf16: its field is returned in fp32, and the loss, the warp of the full-resolution images and the
+    optimiser state stay in fp32. ``memory_format``: ``"auto"``, ``"channels_last"`` or ``"contiguous"``
+    (:func:`nioreg.runtime.resolve_layout`).
     """
 
     method: str = "nio_m"
@@ -41,7 +42,7 @@ class RegistrationOptions:
     lam: float = DEFAULT_LAMBDA
     seed: int = 0
     device: str | None = None
-    precision: str = "fp32"
+    precision: str = "auto"
     memory_format: str = "auto"
     smoothing: str | Callable | None = None
     similarity: str = "lncc"
@@ -59,6 +60,8 @@ class RegistrationOptions:
             raise ValueError(f"lr must be a positive finite number, got {self.lr}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.memory_format not in LAYOUTS:
+            raise ValueError(f"unknown memory format {self.memory_format!r}; choose one of {', '.join(LAYOUTS)}")
 
     @property
     def entry(self) -> MethodEntry:

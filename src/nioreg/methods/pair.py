@@ -34,7 +34,8 @@ class Pair:
     Must be differentiable (it sits inside the optimisation) and map (1, 3, D, H, W) to the same shape."""
 
     precision: str = "fp32"
-    """Arithmetic of the network (:data:`nioreg.methods.network.PRECISIONS`); the loss is always fp32."""
+    """Arithmetic of the network: fp32, bf16 or auto (:func:`nioreg.runtime.resolve_precision`); the loss is
+    always fp32."""
 
     memory_format: torch.memory_format = torch.contiguous_format
     """Layout of the network's inputs (:func:`nioreg.methods.network.resolve_memory_format`)."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from ..console import fail, user_errors
+from ..console import fail, start_command, threads_option, user_errors
 from ..io.ct_windows import CT_WINDOWS
 from ..defaults import DEFAULT_LAMBDA
 
@@ -77,6 +77,7 @@ def train_command(
     seed: int = typer.Option(0, "--seed", help="Random seed (initialisation, pairs, λ)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available; under torchrun cuda:LOCAL_RANK)."),
     deterministic: bool = typer.Option(False, "--deterministic", help="torch deterministic algorithms (GPU; slower)."),
+    threads: Optional[int] = threads_option(),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train LapIRN / conditional LapIRN from scratch (unsupervised, coarse to fine); torchrun-ready."""
@@ -84,6 +85,8 @@ def train_command(
     from .data import expand_subjects
     from .run import TrainOptions, run_training
     from .trainer import TrainConfig
+
+    start_command(threads)
 
     try:
         its = _numbers(iterations, "--iterations", int, (3,))
