@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from common import downsample_image, downsample_labels, machine, shared_dir
-from nioreg.evaluate.command import run_brain
+from nioreg.evaluate.protocols.brain import run_brain
 from nioreg.io import load_image, load_labels, save_nifti
 
 METHODS = ["ff", "io:50", "io:200", "nio:50", "nio_m:100,60,30", "syn", "niftyreg"]
@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default runs/evaluate_lpba_x<factor>, git-ignored: it holds derived "
                              "LPBA40 images, which must never be committed)")
+    parser.add_argument("--model", default=None, help="a model name or file instead of the official "
+                        "LapIRN_disp_fea7 (e.g. lapirn-lpba40-3mm, the shipped default)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--shard", default=None, help="i/N: compute one shard (then run once more with --merge-only)")
@@ -82,12 +84,16 @@ def main() -> None:
     out = args.out or Path(__file__).resolve().parents[1] / "runs" / f"evaluate_lpba_x{args.factor}"
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(";") if m.strip()]
-    weights = shared_dir() / "weights" / "LapIRN_disp_fea7.pth"
+    weights = args.model or shared_dir() / "weights" / "LapIRN_disp_fea7.pth"
+    variant = None if args.model else "disp"
+    reference = "nio_m" if any(m.startswith("nio_m") for m in methods) else None
     print(f"machine: {machine()}")
     if not args.merge_only:
         data = prepare(out, args.factor, subjects)
-        command = ["nioreg", "evaluate", str(data), "--atlas", "S01", "--model", str(weights), "--variant", "disp",
-                   "--subjects", ",".join(subjects), "--reference", "nio_m", "--out", str(out)]
+        command = ["nioreg", "evaluate", str(data), "--atlas", "S01", "--model", str(weights),
+                   *(["--variant", variant] if variant else []), "--subjects", ",".join(subjects), "--out", str(out)]
+        if reference:
+            command += ["--reference", reference]
         for m in methods:
             command += ["-m", m]
         for flag, value in (("--device", args.device), ("--threads", args.threads), ("--shard", args.shard)):
@@ -96,8 +102,8 @@ def main() -> None:
         print("equivalent command:", " ".join(shlex.quote(c) for c in command), flush=True)
     else:
         data = None
-    run_brain(dataset=data, atlas=["S01"], model=weights, variant="disp", methods=methods, out=out,
-              reference="nio_m", subjects=subjects, shard=args.shard, merge_only=args.merge_only,
+    run_brain(dataset=data, atlas=["S01"], model=weights, variant=variant, methods=methods, out=out,
+              reference=reference, subjects=subjects, shard=args.shard, merge_only=args.merge_only,
               device=args.device, threads=args.threads, skip_unavailable=args.skip_unavailable,
               progress=not args.quiet, echo=print)
     return None

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import (git_revision, lpba_pair_missing, machine, run_worker, serve_worker, split_list, vector_features,
+from common import (git_revision, machine, parse_or_serve, run_worker, split_list, vector_features,
                     write_rows)
 
 CASES = {"ff": ("ff", None, 1), "nio_m": ("nio_m", (100, 60, 30), 2)}
@@ -188,13 +188,8 @@ def main() -> None:
     parser.add_argument("--nio-rounds", type=int, default=2, help="timed runs of each path for nio_m")
     parser.add_argument("--isa", default="native", choices=sorted(ISA_CAPS),
                         help="avx2: cap torch and oneDNN to AVX2 (simulates an AVX2-only CPU)")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if serve_worker(args, worker):
-        return
-    missing = lpba_pair_missing()
-    if missing:
-        print(f"skipped: {missing}")
+    args = parse_or_serve(parser, worker)
+    if args is None:
         return
     print(f"machine: {machine()}; rev {git_revision()}; {args.isa}", flush=True)
     print("| case | ISA | reference: median, % of fp32 peak | nioreg: median, % of its peak | ratio (paired range) "

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import git_revision, lpba_pair_missing, machine, run_worker, serve_worker, split_list, write_rows
+from common import git_revision, machine, parse_or_serve, run_worker, split_list, write_rows
 
 
 def _busy_job(stop) -> None:
@@ -80,13 +80,8 @@ def main() -> None:
     parser.add_argument("--busy", default="0,1", help="numbers of background jobs, comma-separated (one run each)")
     parser.add_argument("--method", default="nio_m:10,6,3")
     parser.add_argument("--rounds", type=int, default=2, help="timed runs per thread count")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if serve_worker(args, worker):
-        return
-    missing = lpba_pair_missing()
-    if missing:
-        print(f"skipped: {missing}")
+    args = parse_or_serve(parser, worker)
+    if args is None:
         return
     counts = [int(n) for n in split_list(args.threads)]
     print(f"machine: {machine()}; rev {git_revision()}; {args.method} at 80×96×80", flush=True)

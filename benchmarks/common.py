@@ -100,6 +100,20 @@ def serve_worker(args: argparse.Namespace, worker) -> bool:
     return True
 
 
+def parse_or_serve(parser: argparse.ArgumentParser, worker) -> argparse.Namespace | None:
+    """Parse the arguments of a benchmark on the real LPBA40 pair: ``None`` when this process was a worker (it
+    has served its configuration) or when the pair is missing (said in one line); the arguments otherwise."""
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if serve_worker(args, worker):
+        return None
+    missing = lpba_pair_missing()
+    if missing:
+        print(f"skipped: {missing}")
+        return None
+    return args
+
+
 def run_worker(script: str, config: dict, env: dict | None = None, show_progress: bool = False) -> dict | str:
     """Run ``script --worker CONFIG`` in a fresh process (clean peak memory, no shared caches or compiled code).
 

@@ -18,11 +18,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "nioreg"
 
 # Lowest first. A module may import from its own layer or a lower one. docs/architecture.md explains each.
 LAYERS: list[set[str]] = [
-    {"(root)", "defaults", "io", "runtime"},
+    {"(root)", "defaults", "io", "progress", "lazy", "runtime"},
     {"spatial", "data", "measures"},
     {"losses", "models"},
     {"methods"},
-    {"pipeline", "baselines"},
+    {"pipeline", "prealign", "baselines"},
     {"chest"},
     {"train", "evaluate"},
     {"demo"},

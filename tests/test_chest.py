@@ -138,11 +138,10 @@ def lung_spec(text):
     """(method, iterations) of a DIR-Lab method spec: the one spec parser with the lung preset."""
     from nioreg.evaluate.specs import parse_method_spec
 
-    spec = parse_method_spec(text)
+    spec = parse_method_spec(text, preset="lung")
     if spec.kind != "learned":
         raise ValueError(f"unknown method {text!r} for the chest recipe")
-    return spec.name, (list(spec.iterations) if spec.iterations is not None
-                       else get_method(spec.name).iterations_for("lung"))
+    return spec.name, spec.iteration_counts
 
 
 def test_method_specs():

@@ -233,9 +233,9 @@ def test_evaluate_dirlab_end_to_end_resumes_and_prints_table_2(release, tmp_path
     assert (out / "table.md").read_text().strip() == table
 
     # resumable: nothing is registered again; another configuration in the same folder is refused
-    import nioreg.chest as chest
+    import nioreg.pipeline as pipeline
 
-    monkeypatch.setattr(chest, "register_lung", lambda *a, **k: pytest.fail("should have been resumed"))
+    monkeypatch.setattr(pipeline, "register_volumes", lambda *a, **k: pytest.fail("should have been resumed"))
     again = evaluate_dirlab(root, model, ["ff", "io:10"], out, cases=[1], geometry=geometry, echo=None)
     assert again["cases"][1]["io:10"] == summary["cases"][1]["io:10"]
     with pytest.raises(InputError, match="another configuration"):
@@ -281,3 +281,121 @@ def test_cli_evaluate_protocol_dirlab_prints_table_2_with_lung_extras(release, t
     assert "bspline" in str(record)
     bad = CliRunner().invoke(app, args[:-5] + ["--smoothing", "wavelet", "--out", str(tmp_path / "r2")])
     assert bad.exit_code == 2 and "smoothing" in bad.output
+
+
+# ----------------------------------------------------------------------------------------------- the shared harness
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from nioreg.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture()
+def exported(release, tmp_path):
+    """Both cases of the release as NIfTI + manifest, and a tiny model file."""
+    from nioreg.models import save_model
+
+    root, geometry, pairs = release
+    manifest = export_dirlab(root, tmp_path / "nifti", phases=["T00", "T50"], geometry=geometry, folds=False)
+    torch.manual_seed(0)
+    save_model(build_model("disp", start_channel=2), tmp_path / "m.pt")
+    return manifest, tmp_path / "m.pt"
+
+
+def test_cli_dirlab_shards_max_cases_merge_only_and_reference_match_a_full_run(exported, tmp_path):
+    manifest, model = exported
+    base = ["evaluate", manifest, "--protocol", "dirlab", "--model", model, "-m", "ff", "-m", "io:3", "--device", "cpu",
+            "--quiet", "--threads", "1"]
+    full = _cli(*base, "--out", tmp_path / "full", "--reference", "ff")
+    assert full.exit_code == 0, full.output
+    first = _cli(*base, "--out", tmp_path / "sharded", "--shard", "0/2", "--max-cases", "1")
+    assert first.exit_code == 0 and "computed 1 case(s), 0 already done (shard 0/2)" in first.output, first.output
+    assert _cli(*base, "--out", tmp_path / "sharded", "--shard", "0/2").output.count("1 already done") == 1
+    last = _cli(*base, "--out", tmp_path / "sharded", "--shard", "1/2")
+    assert last.exit_code == 0 and "--merge-only" in last.output and not (tmp_path / "sharded" / "table.md").exists()
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("case*/*.json")) == sorted(
+        p.name for p in (tmp_path / "full").glob("case*/*.json"))
+    merged = _cli("evaluate", "--merge-only", "--out", tmp_path / "sharded", "--reference", "ff")
+    assert merged.exit_code == 0 and "Case 10" in merged.output, merged.output
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("full", "sharded"))
+    assert a["columns"] == b["columns"] == ["Initial", "ff", "io:3"] and set(a["cases"]) == {"1", "10"}
+    for column in a["columns"]:
+        assert a["pooled"][column]["mean"] == pytest.approx(b["pooled"][column]["mean"], rel=1e-5)
+    # --reference: paired Wilcoxon tests of the landmark errors, marks on the Mean row
+    test = b["tests"]["io:3"]
+    assert b["reference"] == "ff" and test["paired_landmarks"] == a["pooled"]["ff"]["n"]
+    from nioreg.evaluate.metrics import significance_mark
+
+    assert test["mark"] == significance_mark(test["p"]) and "Initial" in b["tests"]
+    mean_row = next(line for line in b["table"].splitlines() if line.startswith("| Mean"))
+    assert test["mark"] in mean_row
+    run = json.loads((tmp_path / "sharded" / "run.json").read_text())
+    assert run["complete"] and run["plan"]["protocol"] == "dirlab" and (tmp_path / "sharded" / "report.md").is_file()
+
+
+def test_cli_dirlab_refuses_brain_options_and_data_it_cannot_find(exported, tmp_path, shared):
+    manifest, model = exported
+    bad = _cli("evaluate", manifest, "--protocol", "dirlab", "--model", model, "--atlas", "S01", "--out", tmp_path / "o")
+    assert bad.exit_code == 2 and "--atlas is not an option of the dirlab protocol" in bad.output
+    landmarks_only = shared / "data" / "dirlab4dct_landmarks"  # landmarks, no images
+    for data in (tmp_path / "nothing", landmarks_only):
+        r = _cli("evaluate", data, "--protocol", "dirlab", "--shard", "0/2", "--model", model, "--out", tmp_path / "o")
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and "DIR-Lab data" in lines[0], r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_dirlab_registers_through_the_pipeline_with_the_recorded_preprocessing(release, tmp_path, monkeypatch):
+    """A model trained with a CT window gets HU images and applies its own window; one without the recipe's."""
+    import nioreg.pipeline as pipeline
+    from nioreg.io.preprocess import Preprocessing
+
+    root, geometry, _ = release
+    seen = []
+    original = pipeline.model_view
+
+    def spy(*args, **kwargs):
+        view = original(*args, **kwargs)
+        seen.append(view)
+        return view
+
+    monkeypatch.setattr(pipeline, "model_view", spy)
+    torch.manual_seed(0)
+    plain, recorded = build_model("disp", start_channel=2), build_model("disp", start_channel=2)
+    recorded.metadata = {"preprocessing": Preprocessing(ct_window="lung").to_dict()}  # [-1350, 150] HU
+    for name, model in (("plain", plain), ("recorded", recorded)):
+        evaluate_dirlab(root, model, ["ff"], tmp_path / name, cases=[1], geometry=geometry, device="cpu", echo=None)
+    recipe, own = seen
+    assert not recipe.recorded and recipe.preprocessing.window_bounds() == (-1000.0, 200.0)
+    assert own.recorded and own.preprocessing.window_bounds() == (-1350.0, 150.0)
+    inside = (recipe.fixed.array > 0) & (recipe.fixed.array < 1)
+    hu = recipe.fixed.array[inside] * 1200.0 - 1000.0  # the recipe's window, inverted where it does not clip
+    np.testing.assert_allclose(own.fixed.array[inside], np.clip((hu + 1350.0) / 1500.0, 0, 1), atol=2e-5)
+    record = json.loads((tmp_path / "recorded" / "case1" / "ff.json").read_text())
+    assert "CT window lung [-1350, 150]" in record["intensities"]
+    record = json.loads((tmp_path / "plain" / "case1" / "ff.json").read_text())
+    assert "lung-recipe [-1000, 200]" in record["intensities"] and "records no preprocessing" in record["intensities"]
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="torch.distributed gloo unavailable")
+def test_dirlab_under_torchrun_two_ranks_share_the_cases_and_rank_0_merges(exported, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    manifest, model = exported
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "nioreg.cli",
+           "evaluate", str(manifest), "--protocol", "dirlab", "--model", str(model), "-m", "ff", "--device", "cpu",
+           "--quiet", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.stdout.count("computed 2 case(s), 0 already done (shard") == 2  # one case, two methods per rank
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["cases"]) == {"1", "10"} and summary["columns"] == ["Initial", "ff"]

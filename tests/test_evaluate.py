@@ -4,7 +4,6 @@ import json
 import math
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from nioreg.evaluate import (
     wilcoxon_p,
 )
 from nioreg.evaluate import harness
+from nioreg.evaluate.protocols import brain
 from nioreg.evaluate.specs import SpecError, resolve_reference
 from nioreg.io import save_nifti
 from nioreg.models import build_model, save_model
@@ -181,7 +181,7 @@ def test_full_run_report_files(dataset, tmp_path):
 def test_resume_after_kill_recomputes_nothing(dataset, tmp_path, monkeypatch):
     out = tmp_path / "resume"
     calls = []
-    original = harness.run_method
+    original = brain.run_method
 
     def killed_after_four(spec, pair, **kw):
         if len(calls) == 4:
@@ -189,7 +189,7 @@ def test_resume_after_kill_recomputes_nothing(dataset, tmp_path, monkeypatch):
         calls.append((spec.label, pair.subject))
         return original(spec, pair, **kw)
 
-    monkeypatch.setattr(harness, "run_method", killed_after_four)
+    monkeypatch.setattr(brain, "run_method", killed_after_four)
     try:
         result = evaluate(dataset, out)
         assert result.exit_code != 0
@@ -200,7 +200,7 @@ def test_resume_after_kill_recomputes_nothing(dataset, tmp_path, monkeypatch):
     mtimes = {f: os.stat(out / "cases" / f).st_mtime_ns for f in first}
 
     calls.clear()
-    monkeypatch.setattr(harness, "run_method", lambda spec, pair, **kw: (calls.append((spec.label, pair.subject)),
+    monkeypatch.setattr(brain, "run_method", lambda spec, pair, **kw: (calls.append((spec.label, pair.subject)),
                                                                          original(spec, pair, **kw))[1])
     result = evaluate(dataset, out)
     assert result.exit_code == 0, result.output
@@ -237,7 +237,7 @@ def test_shards_merge_equal_full_run(dataset, tmp_path):
 
 def test_shard_assignment_and_errors():
     pairs = [("A", f"S{i}") for i in range(5)]
-    parts = [harness.shard_pairs(pairs, (i, 3)) for i in range(3)]
+    parts = [harness.shard_cases(pairs, (i, 3)) for i in range(3)]
     assert sorted(sum(parts, [])) == sorted(pairs) and all(parts)
     for bad in ["3/3", "x", "1/0", "-1/2"]:
         with pytest.raises(ValueError):
@@ -273,16 +273,105 @@ def test_missing_tool_message(dataset, tmp_path, monkeypatch, baseline):
     assert f"skipping {baseline}" in r.output and not (tmp_path / "o2" / "cases" / baseline).exists()
 
 
-def test_protocol_dirlab_dispatch(dataset, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "nioreg.evaluate.dirlab", None)  # not written yet -> clear error
-    r = runner.invoke(app, ["evaluate", "x", "--protocol", "dirlab", "--out", str(tmp_path)])
-    assert r.exit_code == 2 and "nioreg.evaluate.dirlab" in r.output and "Traceback" not in r.output
-    seen = {}
-    fake = types.ModuleType("nioreg.evaluate.dirlab")
-    fake.evaluate_dirlab = lambda dataset, out, methods=None, device=None: seen.update(
-        dataset=dataset, out=out, methods=methods, device=device)
-    monkeypatch.setitem(sys.modules, "nioreg.evaluate.dirlab", fake)
-    r = runner.invoke(app, ["evaluate", "lungs.csv", "--protocol", "dirlab", "--out", str(tmp_path),
-                            "-m", "nio_m:100,60,60", "--device", "cpu"])
+# ------------------------------------------------------------------------------------------ protocols and options
+
+
+def test_protocol_registry(tmp_path):
+    from nioreg.evaluate.protocols import get_protocol, protocol_names
+    from nioreg.io import InputError
+
+    assert protocol_names() == ["brain", "dirlab"]
+    assert get_protocol("DirLab").name == "dirlab" and get_protocol("brain").preset == "brain"
+    with pytest.raises(InputError, match="brain, dirlab"):
+        get_protocol("lungs")
+    r = runner.invoke(app, ["evaluate", "x", "--protocol", "lungs", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "brain, dirlab" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("protocol, extra", [
+    ("dirlab", ["--atlas", "S01"]), ("dirlab", ["--labels", "21,22"]), ("dirlab", ["--orientation", "RAS"]),
+    ("dirlab", ["--figure-case", "S01/S02"]), ("dirlab", ["--split", "test"]), ("dirlab", ["--skip-unavailable"]),
+    ("brain", ["--augment", "2"]), ("brain", ["--roi", "none"]), ("brain", ["--smoothing", "bspline"]),
+])
+def test_an_option_the_protocol_does_not_honour_is_a_one_line_error(tmp_path, protocol, extra):
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "data"), "--protocol", protocol, "--out", str(tmp_path / "o"),
+                            *extra])
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert f"{extra[0]} is not an option of the {protocol} protocol" in lines[0]
+    assert not (tmp_path / "o").exists()  # refused before anything is read or written
+
+
+def test_python_entry_points_refuse_what_their_protocol_does_not_honour(dataset, tmp_path):
+    from nioreg.evaluate.dirlab import evaluate_dirlab
+    from nioreg.evaluate.protocols.brain import run_brain
+    from nioreg.io import InputError
+
+    common = dict(dataset=dataset / "data", atlas=["S01"], model=dataset / "model.pt", out=tmp_path / "o")
+    with pytest.raises(InputError, match="--augment is not an option of the brain protocol"):
+        run_brain(**common, augment=2)
+    with pytest.raises(InputError, match="crop_margin_mm is not an option of the brain protocol"):
+        run_brain(**common, crop_margin_mm=5.0)
+    with pytest.raises(InputError, match="--atlas is not an option of the dirlab protocol"):
+        evaluate_dirlab(tmp_path, None, [], tmp_path / "o", atlas=["S01"])
+    with pytest.raises(TypeError):
+        run_brain(**common, no_such_option=1)
+    assert not (tmp_path / "o").exists()
+
+
+def test_one_spec_parser_with_presets_keeps_every_option():
+    from nioreg.evaluate.options import EvaluateOptions
+    from nioreg.evaluate.protocols import get_protocol
+    from nioreg.evaluate.registration import registration_options
+
+    lung = {name: parse_method_spec(name, preset="lung").iteration_counts for name in ("ff", "io", "nio", "nio_m")}
+    assert lung == {"ff": [], "io": [200], "nio": [50], "nio_m": [100, 60, 60]}
+    brain = {name: parse_method_spec(name, preset="brain").iteration_counts for name in ("ff", "io", "nio", "nio_m")}
+    assert brain == {"ff": [], "io": [50], "nio": [50], "nio_m": [100, 60, 30]}
+    assert parse_method_spec("nio_m").iteration_counts == [100, 60, 30] and parse_method_spec("syn").iteration_counts is None
+    bare = parse_method_spec("io", preset="lung")
+    assert bare.label == "io" and bare.iterations is None and bare.display == "IO (η=200)"
+    assert parse_method_spec("io:7", preset="lung").iteration_counts == [7]
+    # DIR-Lab: the labels of its earlier result files, every @option kept, baselines refused
+    dirlab = get_protocol("dirlab")
+    specs = dirlab.parse_methods(EvaluateOptions(methods=["initial", "io:10", "ff@lambda=0.3",
+                                                          "best=nio_m@precision=bf16@seed=3"]))
+    assert [s.label for s in specs] == ["io_10", "ff_lambda_0.3", "best"]
+    assert specs[2].option_dict == {"precision": "bf16", "seed": 3} and specs[2].iteration_counts == [100, 60, 60]
+    with pytest.raises(SpecError, match="baselines are not part of the dirlab protocol"):
+        dirlab.parse_methods(EvaluateOptions(methods=["ff", "syn"]))
+    # the one place where a spec becomes a registration
+    options = registration_options(specs[2], lam=0.4, seed=0, device="cpu", smoothing="bspline")
+    assert (options.method, options.resolved_iterations(), options.precision, options.seed, options.smoothing) == (
+        "nio_m", [100, 60, 60], "bf16", 3, "bspline")
+    assert registration_options(specs[1], lam=0.4, seed=0).lam == 0.3
+
+
+def test_a_registered_model_name_is_a_model(dataset, tmp_path):
+    out = tmp_path / "named"
+    args = ["evaluate", dataset / "data", "--atlas", "S01", "--model", "lapirn-phantom-demo", "--out", out, "--quiet",
+            "--subjects", "S02", "-m", "ff", "--threads", "1"]
+    r = runner.invoke(app, [str(a) for a in args])
     assert r.exit_code == 0, r.output
-    assert str(seen["dataset"]) == "lungs.csv" and seen["methods"] == ["nio_m:100,60,60"] and seen["device"] == "cpu"
+    assert json.loads((out / "plan.json").read_text())["model"] == "lapirn-phantom-demo"
+    r = runner.invoke(app, [str(a) for a in args[:4] + ["--model", "lapirn-no-such", "--out", tmp_path / "o"]])
+    assert r.exit_code == 2 and "lapirn-no-such" in r.output and "nioreg models list" in r.output
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    def interrupted(options, echo):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "evaluate", interrupted)
+    result = runner.invoke(app, ["evaluate", str(tmp_path), "--atlas", "S01", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "run the same command again" in result.output
+
+
+def test_the_affine_stage_runs_before_every_method(dataset, tmp_path):
+    out = tmp_path / "affine"
+    result = evaluate(dataset, out, "--affine", "rigid", "--subjects", "S02", methods=["ff"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "plan.json").read_text())["affine"] == "rigid"
+    result = evaluate(dataset, tmp_path / "bad", "--affine", "similarity", methods=["ff"])
+    assert result.exit_code == 2 and "--affine must be one of none, rigid, affine" in result.output

@@ -362,6 +362,12 @@ def test_load_errors(tmp_path):
     with open(obj, "wb") as f:
         pickle.dump({"x": object}, f)
     _error(obj)
+    # a pickled callable: refused with nioreg's reason, never torch's advice to allow-list it or to drop weights_only
+    evil = tmp_path / "code.pt"
+    torch.save({"hook": print}, evil)
+    msg = _error(evil)
+    assert "refused: it holds a pickled Python object (print)" in msg
+    assert "weights_only" not in msg and "safe_globals" not in msg
     # missing file, directory
     assert "does not exist" in _error(tmp_path / "missing.pth")
     # official state_dict without variant

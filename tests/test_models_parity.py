@@ -123,3 +123,26 @@ def test_official_checkpoint_errors(tmp_path):
     with pytest.raises(ModelFileError, match="does not fit variant 'disp'") as info:
         load_model(lite, variant="disp")
     assert "clapirn-lite (start_channel 4)" in str(info.value)
+
+
+def test_a_variant_that_contradicts_the_file_is_warned_about(tmp_path):
+    import warnings
+
+    from nioreg.models import build_model, load_model
+
+    path = tmp_path / "my_LapIRN_disp_checkpoint.pth"
+    torch.save(build_model("disp", start_channel=2).state_dict(), path)
+    with pytest.warns(UserWarning, match="named like a disp checkpoint, but variant 'diff'"):
+        load_model(path, variant="diff")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(path, variant="disp")  # agreeing: no warning
+
+
+@pytest.mark.shared
+def test_the_published_disp_file_loaded_as_diff_is_warned_about():
+    path = SHARED / "weights" / "LapIRN_disp_fea7.pth"
+    if not path.is_file():
+        pytest.skip("official checkpoints not available")
+    with pytest.warns(UserWarning, match="is the published lapirn-oasis-disp checkpoint"):
+        load_model(path, variant="diff")

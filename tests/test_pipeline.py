@@ -377,3 +377,127 @@ def test_the_python_entry_point_gives_the_command_lines_result(tmp_path):
     # bare arrays cannot get the model's recorded voxel size: one clear error instead of another result
     with pytest.raises(ValueError, match="register_images"):
         nioreg.register(fixed.image, moving.image, nioreg.load_model("lapirn-lpba40-3mm"), "ff")
+
+
+def test_version_short_help_and_plain_flags():
+    from nioreg import __version__
+
+    assert run("--version").output.strip() == f"nioreg {__version__}"
+    for command in ([], ["register"], ["evaluate"], ["train"], ["models"]):
+        result = run(*command, "-h")
+        assert result.exit_code == 0 and "Usage:" in result.output, command
+        assert "<bool>" not in result.output, command  # a flag is shown as a flag
+
+
+def test_register_takes_a_deformation_model_by_name(files, tmp_path):
+    result = register_ff(files, tmp_path / "smooth", "--smoothing", "bspline")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "smooth" / "metrics.json").read_text())["options"]["smoothing"] == "bspline"
+    result = register_ff(files, tmp_path / "bad", "--smoothing", "splines")
+    assert result.exit_code == 2 and "'bspline'" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------ the affine stage (#14)
+
+
+def _rotated_header(affine: np.ndarray, degrees: float, shift_mm) -> np.ndarray:
+    """``affine`` with the world turned about the volume's z axis and shifted: the same voxels elsewhere."""
+    angle = np.deg2rad(degrees)
+    turn = np.eye(4)
+    turn[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    turn[:3, 3] = shift_mm
+    centre = affine @ np.r_[(np.array(SHAPE) - 1) / 2.0, 1.0]
+    to_centre, back = np.eye(4), np.eye(4)
+    to_centre[:3, 3], back[:3, 3] = -centre[:3], centre[:3]
+    return back @ turn @ to_centre @ affine
+
+
+def _sitk_warp(sitk, transform, fixed_path, moving_path) -> np.ndarray:
+    fixed_img, moving_img = sitk.ReadImage(str(fixed_path)), sitk.ReadImage(str(moving_path))
+    out = sitk.Resample(moving_img, fixed_img, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat64)
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+
+def test_the_affine_stage_aligns_a_moved_scan_and_every_output_holds_the_whole_transform(files, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    from nioreg.methods import RegistrationOptions
+    from nioreg.pipeline import register_files
+    from nioreg.prealign import AffineStage
+
+    header = _rotated_header(nib.load(files["moving"]).affine, 12.0, [4.0, -3.0, 2.0])
+    moved = {}
+    for name in ("moving", "moving_labels"):
+        image = nib.load(files[name])
+        moved[name] = tmp_path / f"{name}_moved.nii.gz"
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), header), moved[name])
+    common = dict(fixed_labels=files["fixed_labels"], moving_labels=moved["moving_labels"])
+    ff = RegistrationOptions(method="ff")
+    _, plain = register_files(files["fixed"], moved["moving"], files["model"], tmp_path / "none", ff, **common)
+    stage = AffineStage("affine", levels=(3.0,), rigid_iterations=40, affine_iterations=40, lr=0.02)
+    _, aligned = register_files(files["fixed"], moved["moving"], files["model"], tmp_path / "affine", ff,
+                                affine=stage, **common)
+    assert aligned["dice"]["mean"] > plain["dice"]["mean"] + 0.05
+    assert aligned["affine"]["loss_final"] <= aligned["affine"]["loss_initial"]
+    out = tmp_path / "affine"
+    ours = nib.load(out / "warped.nii.gz").get_fdata()
+    inside = ndimage.binary_erosion(ours != 0, iterations=3)  # away from the border where padding differs
+    value_range = float(ours.max() - ours.min())
+    for transform in (sitk.DisplacementFieldTransform(sitk.ReadImage(str(out / "displacement_itk.nii.gz"),
+                                                                     sitk.sitkVectorFloat64)),
+                      sitk.ReadTransform(str(out / "composite.h5"))):
+        theirs = _sitk_warp(sitk, transform, files["fixed"], moved["moving"])  # the ORIGINAL moving file
+        assert np.abs(theirs[inside] - ours[inside]).mean() < 1e-3 * value_range
+    # the affine alone, written for ITK/ANTs, maps points as metrics.json says (LPS <-> RAS)
+    matrix = np.array(aligned["affine"]["matrix_fixed_to_moving_ras"])
+    point = np.array([10.0, -5.0, 3.0])
+    lps = np.array([-1.0, -1.0, 1.0])
+    for name in ("affine.txt", "affine.mat"):
+        mapped = np.array(sitk.ReadTransform(str(out / name)).TransformPoint(tuple(point * lps))) * lps
+        np.testing.assert_allclose(mapped, (matrix @ np.r_[point, 1.0])[:3], atol=1e-6)
+    # starting from that file without optimising reproduces the registration
+    _, again = register_files(files["fixed"], moved["moving"], files["model"], tmp_path / "init", ff,
+                              affine=AffineStage("none", init_file=out / "affine.txt"), **common)
+    assert again["dice"]["mean"] == pytest.approx(aligned["dice"]["mean"], abs=1e-6)
+
+
+def test_register_takes_a_similarity_measure_by_name(files, tmp_path):
+    result = register_ff(files, tmp_path / "mind", "--similarity", "mind")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "mind" / "metrics.json").read_text())
+    assert metrics["options"]["similarity"] == "mind" and metrics["similarity"]["name"] == "mind"
+    assert metrics["similarity"]["parameters"] == {"radius": 1, "dilation": 2, "eps": 1e-6}
+    result = register_ff(files, tmp_path / "bad", "--similarity", "nmi")
+    assert result.exit_code == 2 and "unknown similarity 'nmi'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_inverse_transform_maps_points_back(files, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    from nioreg.methods import RegistrationOptions
+    from nioreg.pipeline import register_files
+    from nioreg.prealign import AffineStage
+
+    header = _rotated_header(nib.load(files["moving"]).affine, 8.0, [3.0, 2.0, -2.0])
+    moved = tmp_path / "moving_moved.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(files["moving"]).dataobj), header), moved)
+    out = tmp_path / "out"
+    stage = AffineStage("rigid", levels=(3.0,), rigid_iterations=30, lr=0.02)
+    _, metrics = register_files(files["fixed"], moved, files["model"], out,
+                                RegistrationOptions(method="io", iterations=(5,), lr=0.5), affine=stage, inverse=True)
+    assert metrics["inverse"]["max_residual_voxels"] < 0.1
+    read = lambda name: sitk.DisplacementFieldTransform(sitk.ReadImage(str(out / name), sitk.sitkVectorFloat64))  # noqa: E731
+    forward, backward = read("displacement_itk.nii.gz"), read("inverse_displacement_itk.nii.gz")
+    fixed_affine = nib.load(files["fixed"]).affine
+    rng = np.random.default_rng(0)
+    voxels = rng.uniform(6, np.array(SHAPE) - 7, size=(40, 3))  # inside, away from the borders
+    lps = np.array([-1.0, -1.0, 1.0])
+    errors = []
+    for voxel in voxels:
+        p = (fixed_affine @ np.r_[voxel, 1.0])[:3] * lps
+        q = forward.TransformPoint(tuple(p))
+        errors.append(np.linalg.norm(np.array(backward.TransformPoint(q)) - p))
+    assert max(errors) < 0.1  # mm: landmarks mapped forward then back return
+    inverse_affine = sitk.ReadTransform(str(out / "inverse_affine.txt"))
+    affine = sitk.ReadTransform(str(out / "affine.txt"))
+    point = (5.0, -4.0, 2.0)
+    np.testing.assert_allclose(inverse_affine.TransformPoint(affine.TransformPoint(point)), point, atol=1e-6)

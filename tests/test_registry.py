@@ -60,6 +60,33 @@ def test_a_registered_method_runs_through_register(toy_method):
         assert toy.final_loss <= ff.final_loss
 
 
+def test_a_registered_method_runs_from_an_evaluate_spec(toy_method, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from nioreg.cli import app
+    from nioreg.data import make_brain_phantom
+    from nioreg.evaluate.specs import parse_method_spec
+    from nioreg.io import save_nifti
+    from nioreg.models import save_model
+
+    spec = parse_method_spec("half=half_ff@lambda=0.3")
+    assert (spec.kind, spec.name, spec.label, spec.option_dict) == ("learned", "half_ff", "half", {"lambda": 0.3})
+    for i in (1, 2):
+        phantom = make_brain_phantom((24, 24, 24), seed=i)
+        save_nifti(tmp_path / "data" / "images" / f"S0{i}.nii.gz", phantom.image, phantom.affine)
+        save_nifti(tmp_path / "data" / "labels" / f"S0{i}.nii.gz", phantom.labels.astype(np.int32), phantom.affine)
+    torch.manual_seed(0)
+    save_model(build_model("disp", start_channel=2), tmp_path / "model.pt")
+    args = ["evaluate", tmp_path / "data", "--atlas", "S01", "--model", tmp_path / "model.pt", "-m", "ff",
+            "-m", "half_ff", "--reference", "ff", "--out", tmp_path / "out", "--quiet"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "cases" / "half_ff" / "S01__S02.json").read_text())
+    assert record["spec"]["name"] == "half_ff" and 0.0 <= record["dice_mean"] <= 1.0
+
+
 def test_options_object_and_keywords_agree():
     torch.manual_seed(0)
     model = build_model("disp", start_channel=2)

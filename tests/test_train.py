@@ -290,3 +290,12 @@ def test_cli_tensorboard_needs_the_package(tmp_path):
     root = write_dataset(tmp_path / "data", n=3)
     result = cli("--data", root, "--out", tmp_path / "run", "--quiet", "--tensorboard")
     assert result.exit_code == 2 and "pip install tensorboard" in result.output
+
+
+def test_a_checkpoint_from_before_the_similarity_option_still_resumes():
+    from nioreg.train.trainer import _differences, _with_defaults_of_later_versions
+
+    old = {"config": {"seed": 0}}
+    now = {"config": {"seed": 0, "similarity": "lncc"}}
+    assert _differences(_with_defaults_of_later_versions(old), now) == []
+    assert _differences(_with_defaults_of_later_versions(old), {"config": {"seed": 0, "similarity": "mind"}})

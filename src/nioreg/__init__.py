@@ -6,20 +6,12 @@ its recorded preprocessing, the field on the fixed grid. ``nioreg.register(fixed
 array-level interface underneath it. See README.md and docs/conventions.md.
 """
 
-from typing import Any
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = ["register", "register_images", "RegistrationOptions", "RegistrationResult", "load_image", "load_model",
-           "__version__"]
 
-_LAZY = {"register": "nioreg.methods", "RegistrationResult": "nioreg.methods", "RegistrationOptions": "nioreg.methods",
-         "register_images": "nioreg.pipeline", "load_image": "nioreg.io", "load_model": "nioreg.models"}
-
-
-def __getattr__(name: str) -> Any:
-    # Imported on first use, so that `nioreg --help` does not pay for importing torch.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'nioreg' has no attribute {name!r}")
+_EXPORTS = {"register": "methods", "RegistrationResult": "methods", "RegistrationOptions": "methods",
+            "register_images": "pipeline", "load_image": "io", "load_model": "models"}
+# Imported on first use, so that `nioreg --help` does not pay for importing torch.
+__getattr__, _names = lazy_exports(__name__, _EXPORTS)
+__all__ = _names + ["__version__"]

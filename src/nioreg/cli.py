@@ -12,7 +12,8 @@ from typing import Optional
 
 import typer
 
-from .console import fail, start_command, threads_option, user_errors
+from . import __version__
+from .console import TYPER_SETTINGS, fail, show_warnings_as_lines, start_command, threads_option, user_errors
 from .defaults import DEFAULT_LAMBDA
 from .evaluate.command import evaluate_command
 from .methods.options import RegistrationOptions, iterations_from_text
@@ -20,8 +21,20 @@ from .methods.registry import get_method, method_names, methods_help, preset_nam
 from .models.command import models_app
 from .train.command import train_command
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, **TYPER_SETTINGS,
                   help="Deformable 3-D registration with Neural Instance Optimization (NIO) on LapIRN networks.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"nioreg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Deformable 3-D registration with Neural Instance Optimization (NIO) on LapIRN networks."""
 
 
 def _preset_help() -> str:
@@ -47,6 +60,14 @@ def _registration_options(method: str, iters: Optional[str], preset: Optional[st
     try:
         options = RegistrationOptions(method=method, iterations=iterations, preset=preset, **settings)
         options.resolved_iterations()  # an unknown method or a wrong number of counts fails here, before any work
+        if smoothing_name := settings.get("smoothing"):
+            from .spatial import resolve_smoothing
+
+            resolve_smoothing(smoothing_name)
+        if options.similarity != "lncc":
+            from .losses.similarity import get_similarity
+
+            get_similarity(options.similarity)
     except ValueError as error:
         fail(str(error))
     return options
@@ -75,19 +96,30 @@ def register(
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded in metrics.json)."),
     smoothing: Optional[str] = typer.Option(None, "--smoothing", help="Deformation model applied to every field: "
                                             "none, or bspline (the B-spline-like model of Siebert et al. 2021)."),
+    affine: str = typer.Option("none", "--affine", help="Affine stage before the deformable one: none (the images "
+                               "are pre-aligned), rigid or affine (for raw scans; writes affine.txt/.mat)."),
+    affine_init: Optional[Path] = typer.Option(None, "--affine-init", help="Start from this ITK/ANTs affine "
+                                               "(.txt/.tfm/.mat, fixed -> moving); with --affine none it is used as is."),
+    inverse: bool = typer.Option(False, "--inverse", help="Also write the moving -> fixed transform "
+                                 "(inverse_displacement_itk.nii.gz on the moving grid, inverse_affine.txt)."),
+    similarity: str = typer.Option("lncc", "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: "
+                                   "lncc (default), mind, ngf or mi (MIND-SSC/NGF/MI: for different contrasts)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Register MOVING to FIXED and write warped image(s), displacement fields and metrics.json."""
     from .pipeline import register_files
 
     options = _registration_options(method, iters, preset, lr=lr, lam=lam, seed=seed, device=device,
-                                    precision=precision, smoothing=smoothing)
+                                    precision=precision, smoothing=smoothing, similarity=similarity)
     start_command(threads)
     try:
+        from .prealign import AffineStage
+
+        stage = AffineStage(affine, init_file=affine_init, device=device)
         result, metrics = register_files(
             fixed, moving, model, out, options, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
             variant=variant, fixed_orientation=fixed_orientation, moving_orientation=moving_orientation,
-            progress=not quiet)
+            progress=not quiet, affine=stage, inverse=inverse)
     except user_errors() as error:
         fail(str(error))
     line = f"{method}: {result.seconds:.2f} s, loss {result.feedforward_loss:.4f} (ff) -> {result.final_loss:.4f}"
@@ -145,6 +177,7 @@ app.add_typer(models_app, name="models")
 
 def main() -> None:
     """Console-script entry point."""
+    show_warnings_as_lines()
     app(prog_name="nioreg")
 
 

@@ -17,10 +17,26 @@ THREADS_HELP = ("CPU threads for torch (default: OMP_NUM_THREADS when set, else 
                 "metrics.json).")
 
 
+TYPER_SETTINGS = {"rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
+"""How every nioreg command line app is built: ``-h`` as well as ``--help``, and plain help text (readable in
+logs, and flags are shown as flags, not as ``<bool>``)."""
+
+
+def show_warnings_as_lines() -> None:
+    """Python warnings on the command line as ``nioreg: warning: MESSAGE`` (no file and line of the source)."""
+    warnings.formatwarning = _one_line_warning
+
+
 def fail(message: str) -> NoReturn:
     """Print ``nioreg: error: MESSAGE`` on stderr and exit with status 2."""
     typer.echo(f"nioreg: error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def interrupted(what_to_do: str) -> NoReturn:
+    """After Ctrl-C: say what was kept and how to continue, exit with status 130 (the shell's SIGINT code)."""
+    typer.echo(f"nioreg: interrupted; {what_to_do}", err=True)
+    raise typer.Exit(130)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -41,7 +57,7 @@ def start_command(threads: Optional[int]) -> dict:
     returned, as recorded in metrics.json) and print Python warnings as one ``nioreg: warning:`` line."""
     from .runtime import apply_threads
 
-    warnings.formatwarning = _one_line_warning
+    show_warnings_as_lines()
     try:
         return apply_threads(threads)
     except ValueError as error:

@@ -34,20 +34,33 @@ def dice_per_label(a: np.ndarray, b: np.ndarray, labels: Iterable[int] | None = 
     """Dice of every label (0 = background excluded) between two label maps on the same grid.
 
     ``labels`` defaults to the labels present in either map. A label absent from both maps gets NaN
-    (undefined), not 1, so that it does not inflate means; callers use ``nanmean``.
+    (undefined), not 1, so that it does not inflate means; callers use ``nanmean``. Counts are taken for all
+    labels at once (one pass over the voxels, not one per label).
     """
+    a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"label maps differ in shape: {a.shape} vs {b.shape}")
+    count_a, count_b, count_both = _label_counts(a), _label_counts(b), _label_counts(a[a == b])
     if labels is None:
-        labels = sorted(set(np.unique(a).tolist()) | set(np.unique(b).tolist()))
+        labels = sorted(set(count_a) | set(count_b))
     out: dict[int, float] = {}
     for label in labels:
         if label == 0:
             continue
-        in_a, in_b = a == label, b == label
-        total = int(in_a.sum()) + int(in_b.sum())
-        out[int(label)] = 2.0 * float(np.logical_and(in_a, in_b).sum()) / total if total else math.nan
+        total = count_a.get(label, 0) + count_b.get(label, 0)
+        out[int(label)] = 2.0 * count_both.get(label, 0) / total if total else math.nan
     return out
+
+
+def _label_counts(values: np.ndarray) -> dict[int, int]:
+    """Voxels per label value (bincount for small non-negative codes, exact for any integer code)."""
+    values = values.ravel()
+    if values.size and values.dtype.kind in "iu" and values.min() >= 0 and values.max() < (1 << 22):
+        counts = np.bincount(values)
+        present = np.flatnonzero(counts)
+        return dict(zip(present.tolist(), counts[present].tolist()))
+    found, counts = np.unique(values, return_counts=True)
+    return dict(zip(found.tolist(), counts.tolist()))
 
 
 def mean_dice(a: np.ndarray, b: np.ndarray, labels: Iterable[int] | None = None) -> float:

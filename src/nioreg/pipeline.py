@@ -15,13 +15,16 @@ output may overwrite an input.
 
 from __future__ import annotations
 
+import importlib.util
 import platform
+import time
+from contextlib import contextmanager
 import shlex
 import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -43,8 +46,12 @@ from .io import (
 )
 from .io.output_folder import OutputFolder
 from .io.preprocess import Preprocessing
+from .io.transforms import save_itk_affine, save_itk_composite
 from .methods import MIN_SIZE, RegistrationOptions, RegistrationResult, Safeguards, register
+from .methods.affine import AffineResult
 from .models import default_model_path, load_model
+from .prealign import AffineStage
+from .spatial import field_into_grid, identity_grid, invert_displacement, regrid_displacement, sample, warp, warp_labels
 from .runtime import cpu_features, thread_setting
 from .spatial import regrid_displacement
 
@@ -53,6 +60,11 @@ OUTPUT_NAMES = {
     "warped_labels": "warped_labels.nii.gz",
     "itk": "displacement_itk.nii.gz",
     "l2r": "displacement_l2r.nii.gz",
+    "affine_txt": "affine.txt",
+    "affine_mat": "affine.mat",
+    "composite": "composite.h5",
+    "inverse_itk": "inverse_displacement_itk.nii.gz",
+    "inverse_affine": "inverse_affine.txt",
     "metrics": "metrics.json",
 }
 
@@ -70,6 +82,35 @@ class RegistrationInputs:
     moving_world: np.ndarray = field(default_factory=lambda: np.eye(4))
     """Maps the world the registration works in to the moving FILE's world (RAS mm): the identity, unless
     ``--moving-orientation`` or ``--fixed-orientation`` overrode a header (outputs must fit the user's files)."""
+    affine: AffineResult | None = None
+    """The affine stage's result (:mod:`nioreg.prealign`): the moving side was resampled through it."""
+    native_moving: Volume | None = None
+    native_moving_labels: Volume | None = None
+    """The moving image and labels on their own grids (kept when they had to be resampled), so that the
+    outputs are interpolated once, from the original voxels, as other tools apply the written transforms."""
+
+    def warped(self, result: RegistrationResult) -> tuple[np.ndarray, np.ndarray | None]:
+        """The moving image (trilinear) and label map (nearest) through the whole transform, on the fixed grid."""
+        labels = None if self.moving_labels is None else self.moving_labels.array
+        if self.native_moving is None:  # already on the fixed grid: one interpolation anyway
+            return result.warp(self.moving.array), None if labels is None else result.warp_labels(labels)
+        to_voxels = np.linalg.inv(self.native_moving.affine) @ self.prealignment @ self.fixed.affine
+        pull = field_into_grid(result.displacement, to_voxels)
+        warped = warp(torch.as_tensor(self.native_moving.array, dtype=torch.float32)[None, None], pull)[0, 0]
+        if self.native_moving_labels is None:
+            return warped.numpy(), None
+        native_labels = torch.as_tensor(self.native_moving_labels.array)[None, None]
+        return warped.numpy(), warp_labels(native_labels, pull)[0, 0].numpy()
+
+    @property
+    def prealignment(self) -> np.ndarray:
+        """Fixed world -> moving world (RAS mm) in the registration's world: the affine stage's, or identity."""
+        return np.eye(4) if self.affine is None else self.affine.matrix
+
+    @property
+    def file_affine(self) -> np.ndarray:
+        """The affine part alone between the FILES: fixed file world -> moving file world (RAS mm)."""
+        return self.field_target_affine @ np.linalg.inv(self.output_affine)
 
     @property
     def output_affine(self) -> np.ndarray:
@@ -79,7 +120,7 @@ class RegistrationInputs:
     @property
     def field_target_affine(self) -> np.ndarray:
         """Maps a pulled position ``x + u(x)`` (fixed-grid voxels) to the moving file's world (RAS mm)."""
-        return self.moving_world @ self.fixed.affine
+        return self.moving_world @ self.prealignment @ self.fixed.affine
 
 
 def load_inputs(
@@ -91,8 +132,10 @@ def load_inputs(
     mask: str | Path | None = None,
     fixed_orientation: str | None = None,
     moving_orientation: str | None = None,
+    affine: AffineStage | None = None,
 ) -> RegistrationInputs:
-    """Read and check all inputs; resample moving-side volumes onto the fixed grid through their headers."""
+    """Read and check all inputs; bring moving-side volumes onto the fixed grid through their headers (and
+    through the ``affine`` stage's result when it is active)."""
     fixed_vol = load_image(fixed, role="fixed image", orientation=fixed_orientation)
     if min(fixed_vol.shape) < MIN_SIZE:
         raise InputError(f"fixed image '{fixed}': shape {fixed_vol.shape} is too small for a 3-level pyramid "
@@ -101,9 +144,12 @@ def load_inputs(
     inputs = RegistrationInputs(fixed_vol, moving_vol)
     if moving_vol.header_affine is not None:
         inputs.moving_world = moving_vol.header_affine @ np.linalg.inv(moving_vol.affine)
-    if not same_grid(moving_vol, fixed_vol):
-        inputs.moving = resample_to(moving_vol, fixed_vol, order=1)
+    inputs.affine = None if affine is None else affine.run(fixed_vol, moving_vol)
+    on_grid = lambda volume, order: _on_grid(volume, fixed_vol, order, inputs.affine)  # noqa: E731
+    if inputs.affine is not None or not same_grid(moving_vol, fixed_vol):
+        inputs.moving = on_grid(moving_vol, 1)
         inputs.moving_resampled = True
+        inputs.native_moving = moving_vol
         if float(inputs.moving.array.min()) == float(inputs.moving.array.max()):
             raise InputError(f"moving image '{moving}' does not overlap the fixed image '{fixed}' in world "
                              "coordinates: resampled through the two headers it is empty. Check the headers "
@@ -112,8 +158,9 @@ def load_inputs(
         inputs.fixed_labels = _on_grid(load_labels(fixed_labels, role="fixed label map",
                                                    orientation=fixed_orientation), fixed_vol)
     if moving_labels is not None:
-        inputs.moving_labels = _on_grid(load_labels(moving_labels, role="moving label map",
-                                                    orientation=moving_orientation), fixed_vol)
+        native_labels = load_labels(moving_labels, role="moving label map", orientation=moving_orientation)
+        inputs.moving_labels = on_grid(native_labels, 0)
+        inputs.native_moving_labels = native_labels if inputs.native_moving is not None else None
     if mask is not None:
         inputs.mask = _on_grid(load_labels(mask, role="mask", orientation=fixed_orientation), fixed_vol)
         if not inputs.mask.array.any():
@@ -210,6 +257,7 @@ def register_images(
     variant: str | None = None,
     safeguards: Safeguards | None = None,
     progress: bool = False,
+    affine: AffineStage | None = None,
     **settings,
 ) -> RegistrationResult:
     """Register images with their headers exactly as ``nioreg register`` does; the Python entry point.
@@ -219,15 +267,17 @@ def register_images(
     network, a model file, a registered name (``"lapirn-oasis-disp"``) or ``None`` for the default model; its
     recorded preprocessing (intensities, voxel size) is applied. ``options`` (or a method name) and keyword
     ``settings`` (``iterations=``, ``lr=``, ``lam=``, ``seed=``, ``device=``...; see
-    :class:`~nioreg.methods.RegistrationOptions`) choose the method. The result's displacement is in voxels of
-    the fixed grid, and ``result.warp(volume)`` / ``result.warp_labels(volume)`` accept Volumes.
+    :class:`~nioreg.methods.RegistrationOptions`) choose the method. ``affine`` (an
+    :class:`~nioreg.prealign.AffineStage`) aligns the moving image first. The result's displacement is in
+    voxels of the fixed grid, after ``result.prealignment`` (the affine, if any); ``result.warp(volume)`` /
+    ``result.warp_labels(volume)`` accept moving-side Volumes and apply both.
     """
     options = RegistrationOptions(method=options) if isinstance(options, str) else options or RegistrationOptions()
     options = options.updated(**settings)
     fixed_vol = fixed if isinstance(fixed, Volume) else load_image(fixed, role="fixed image")
     moving_vol = moving if isinstance(moving, Volume) else load_image(moving, role="moving image")
-    if not same_grid(moving_vol, fixed_vol):
-        moving_vol = resample_to(moving_vol, fixed_vol, order=1)
+    prealigned = None if affine is None else affine.run(fixed_vol, moving_vol)
+    moving_vol = _on_grid(moving_vol, fixed_vol, 1, prealigned)
     mask_vol = mask if isinstance(mask, Volume) or mask is None else load_labels(mask, role="mask")
     mask_vol = None if mask_vol is None else _on_grid(mask_vol, fixed_vol)
     if model is None or isinstance(model, (str, Path)):
@@ -235,11 +285,15 @@ def register_images(
     result, _ = register_volumes(model, fixed_vol, moving_vol, options, mask=mask_vol, safeguards=safeguards,
                                  progress=progress)
     result.grid = fixed_vol
+    result.prealignment = None if prealigned is None else prealigned.matrix
     return result
 
 
-def _on_grid(labels: Volume, grid: Volume) -> Volume:
-    return labels if same_grid(labels, grid) else resample_to(labels, grid, order=0)
+def _on_grid(volume: Volume, grid: Volume, order: int = 0, affine: AffineResult | None = None) -> Volume:
+    """``volume`` on ``grid`` through the headers (and through ``affine``, fixed world -> moving world)."""
+    if affine is not None:
+        return affine.resample(volume, grid, order=order)
+    return volume if same_grid(volume, grid) else resample_to(volume, grid, order=order)
 
 
 def provenance(device: str, seed: int) -> dict:
@@ -283,13 +337,18 @@ def register_files(
     moving_orientation: str | None = None,
     safeguards: Safeguards | None = None,
     progress: bool = False,
+    affine: AffineStage | None = None,
+    inverse: bool = False,
 ) -> tuple[RegistrationResult, dict]:
     """Register ``moving`` to ``fixed`` (NIfTI paths) with ``options`` and write the outputs into ``out_dir``.
 
     ``model=None`` uses the default model shipped in the package (:func:`nioreg.models.default_model_path`).
     The output folder is checked and locked before any work (:class:`nioreg.io.OutputFolder`); the outputs
     replace any previous set in it as a whole. Every output is written on the fixed FILE's header, also
-    when an orientation override was given, so it fits the files the user gave.
+    when an orientation override was given, so it fits the files the user gave. ``affine`` (an
+    :class:`~nioreg.prealign.AffineStage`) aligns the moving image first; the outputs then hold affine ∘
+    deformable, and the affine alone is written as ``affine.txt``/``affine.mat`` (and ``composite.h5``).
+    ``inverse=True`` also writes the moving -> fixed transform (:func:`_write_inverse`).
 
     Returns the result and the metrics dictionary that was written to ``metrics.json``.
     """
@@ -299,14 +358,21 @@ def register_files(
     given = [p for p in (fixed, moving, fixed_labels, moving_labels, mask, model) if p is not None]
     for name in OUTPUT_NAMES.values():
         check_not_input(folder.path / name, given)
+    times: dict[str, float] = {}
     with folder:
-        inputs = load_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
-                             fixed_orientation=fixed_orientation, moving_orientation=moving_orientation)
-        net = load_model(model, variant=variant)
-        result, view = register_volumes(
-            net, inputs.fixed, inputs.moving, options, mask=inputs.mask, fixed_name=f"fixed image '{fixed}'",
-            moving_name=f"moving image '{moving}'", safeguards=safeguards, progress=progress)
-        warped_labels = None if inputs.moving_labels is None else result.warp_labels(inputs.moving_labels.array)
+        with _timed(times, "read_inputs"):
+            inputs = load_inputs(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
+                                 fixed_orientation=fixed_orientation, moving_orientation=moving_orientation,
+                                 affine=affine)
+        with _timed(times, "load_model"):
+            net = load_model(model, variant=variant)
+        with _timed(times, "register"):
+            result, view = register_volumes(
+                net, inputs.fixed, inputs.moving, options, mask=inputs.mask, fixed_name=f"fixed image '{fixed}'",
+                moving_name=f"moving image '{moving}'", safeguards=safeguards, progress=progress)
+        with _timed(times, "measures"):
+            warped_image, warped_labels = inputs.warped(result)
+            measures = {**jacobian_statistics(result.jacobian_determinant()), **_label_overlap(inputs, warped_labels)}
         metrics = {
             "inputs": {"fixed": str(fixed), "moving": str(moving), "fixed_labels": _str(fixed_labels),
                        "moving_labels": _str(moving_labels), "mask": _str(mask),
@@ -316,18 +382,70 @@ def register_files(
             "model": {"path": str(model), "config": getattr(net, "config", {}),
                       "metadata": getattr(net, "metadata", {})},
             "options": options.describe(),
+            "affine": (affine or AffineStage()).describe(inputs.affine),
             "intensity_normalisation": view.description,
             "registration_grid": {"shape": list(view.fixed.shape),
                                   "spacing_mm": [float(v) for v in view.fixed.spacing]},
             **result.summary(),
-            **jacobian_statistics(result.jacobian_determinant()),
-            **_label_overlap(inputs, warped_labels),
+            **measures,
             "conventions": "displacement_l2r: voxels, channel k along array axis k, pull; "
                            "displacement_itk: LPS mm, ITK DisplacementFieldTransform (fixed point -> moving point)",
             "provenance": provenance(result.device, options.seed),
+            "seconds_by_step": times,
         }
-        metrics["outputs"] = _write_outputs(folder, result, inputs, warped_labels, metrics)
+        if inverse:
+            with _timed(times, "inverse"):
+                _write_inverse(folder, inputs, result.displacement, metrics)
+        metrics["outputs"] = _write_outputs(folder, result, inputs, warped_image, warped_labels, metrics)
     return result, metrics
+
+
+@contextmanager
+def _timed(times: dict[str, float], step: str) -> Iterator[None]:
+    """Record the wall time of ``step`` in ``times`` (seconds): where a run's time goes, in metrics.json."""
+    started = time.perf_counter()
+    yield
+    times[step] = round(time.perf_counter() - started, 3)
+
+
+def _write_affine(folder: OutputFolder, inputs: RegistrationInputs, disp: np.ndarray, grid: Volume,
+                  metrics: dict) -> None:
+    """The affine alone (ITK .txt and .mat) and affine ∘ deformable as one ITK composite (.h5, needs SimpleITK)."""
+    save_itk_affine(folder.stage(OUTPUT_NAMES["affine_txt"]), inputs.file_affine)
+    save_itk_affine(folder.stage(OUTPUT_NAMES["affine_mat"]), inputs.file_affine)
+    if importlib.util.find_spec("SimpleITK") is None:
+        metrics.setdefault("warnings", []).append("composite.h5 was not written: it needs SimpleITK "
+                                                  "(pip install 'nioreg[itk]'); displacement_itk.nii.gz holds the "
+                                                  "same complete transform")
+        return
+    save_itk_composite(folder.stage(OUTPUT_NAMES["composite"]), inputs.file_affine, disp, grid)
+
+
+def _write_inverse(folder: OutputFolder, inputs: RegistrationInputs, displacement: torch.Tensor,
+                   metrics: dict) -> None:
+    """The moving -> fixed transform: an ITK displacement field on the moving FILE's grid (and the inverse affine).
+
+    The deformable part is inverted by fixed-point iteration (:func:`nioreg.spatial.invert_displacement`, as
+    ITK/ANTs do). A moving point ``q`` goes to the fixed grid position ``y = A⁻¹ q`` (``A`` the forward
+    target affine: affine stage and headers), then to ``y + v(y)``; the file stores ``p - q`` in LPS mm.
+    """
+    found = invert_displacement(displacement.detach().cpu().float())
+    native = inputs.native_moving or inputs.moving
+    file_affine = native.affine if native.header_affine is None else native.header_affine
+    grid = identity_grid(native.shape, "cpu", torch.float64)
+    to_fixed = torch.as_tensor(np.linalg.inv(inputs.field_target_affine) @ file_affine, dtype=torch.float64)
+    y = torch.einsum("ab,nb...->na...", to_fixed[:3, :3], grid) + to_fixed[:3, 3].view(1, 3, 1, 1, 1)
+    x = y + sample(found.field.double(), y)
+    to_moving_voxels = torch.as_tensor(np.linalg.solve(file_affine, inputs.output_affine), dtype=torch.float64)
+    moving_voxels = (torch.einsum("ab,nb...->na...", to_moving_voxels[:3, :3], x)
+                     + to_moving_voxels[:3, 3].view(1, 3, 1, 1, 1))
+    moving_grid = Volume(np.zeros(native.shape, np.uint8), file_affine)
+    save_itk_displacement(folder.stage(OUTPUT_NAMES["inverse_itk"]), (moving_voxels - grid)[0].float().numpy(),
+                          moving_grid)
+    if inputs.affine is not None:
+        save_itk_affine(folder.stage(OUTPUT_NAMES["inverse_affine"]), np.linalg.inv(inputs.file_affine))
+    metrics["inverse"] = {"iterations": found.iterations, "max_residual_voxels": found.max_residual,
+                          "converged": found.converged}
 
 
 def _label_overlap(inputs: RegistrationInputs, warped_labels: np.ndarray | None) -> dict:
@@ -350,16 +468,19 @@ def _label_overlap(inputs: RegistrationInputs, warped_labels: np.ndarray | None)
 
 
 def _write_outputs(folder: OutputFolder, result: RegistrationResult, inputs: RegistrationInputs,
-                   warped_labels: np.ndarray | None, metrics: dict) -> list[str]:
+                   warped_image: np.ndarray, warped_labels: np.ndarray | None, metrics: dict) -> list[str]:
     """Stage every output, then replace the folder's previous set with them (metrics.json last)."""
     affine = inputs.output_affine
     grid = Volume(inputs.fixed.array, affine)
     disp = result.displacement[0].cpu().numpy()
-    save_nifti(folder.stage(OUTPUT_NAMES["warped"]), result.warp(inputs.moving.array).astype(np.float32), affine)
-    if warped_labels is not None:
-        save_nifti(folder.stage(OUTPUT_NAMES["warped_labels"]), warped_labels, affine)
-    save_itk_displacement(folder.stage(OUTPUT_NAMES["itk"]), disp, grid, target_affine=inputs.field_target_affine)
-    save_l2r_displacement(folder.stage(OUTPUT_NAMES["l2r"]), disp, grid)
+    with _timed(metrics["seconds_by_step"], "write_images_and_fields"):
+        save_nifti(folder.stage(OUTPUT_NAMES["warped"]), warped_image.astype(np.float32), affine)
+        if warped_labels is not None:
+            save_nifti(folder.stage(OUTPUT_NAMES["warped_labels"]), warped_labels, affine)
+        save_itk_displacement(folder.stage(OUTPUT_NAMES["itk"]), disp, grid, target_affine=inputs.field_target_affine)
+        save_l2r_displacement(folder.stage(OUTPUT_NAMES["l2r"]), disp, grid)
+        if inputs.affine is not None:
+            _write_affine(folder, inputs, disp, grid, metrics)
     names = sorted(p.name for p in folder.stage(OUTPUT_NAMES["metrics"]).parent.iterdir()) + [OUTPUT_NAMES["metrics"]]
     write_json_atomic(folder.stage(OUTPUT_NAMES["metrics"]), {**metrics, "outputs": names})
     folder.commit()

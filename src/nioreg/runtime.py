@@ -116,8 +116,9 @@ def _cpu_bf16(features: dict[str, Any]) -> tuple[bool, str]:
 
     Native: a bf16 dot-product instruction (``avx512_bf16``) or AMX tiles (``amx_bf16``), with torch using
     AVX-512 kernels; or a torch capability that names bf16 or AMX itself. Everything else (AVX2, AVX-512
-    without BF16, other architectures: not measured) emulates bf16 by conversions, which made a
-    registration about 30× slower than fp32 (BENCHMARKS.md, "Speed as a ratio").
+    without BF16, other architectures) emulates bf16 by conversions: on an AVX2-only machine of this project's
+    kind a full-resolution feed-forward took more than 10 minutes in bf16 against about 21 s in fp32 (issue
+    #17); not re-measured here.
     """
     capability = str(features["torch_capability"]).upper()
     named = [f for f in ("avx512_bf16", "amx_bf16") if features.get(f)]
@@ -169,9 +170,10 @@ def resolve_layout(requested: str, device) -> tuple[str, str]:
 
     ``auto`` rests on measurements (BENCHMARKS.md): on a CPU whose torch capability is AVX-512, channels_last
     (what oneDNN's convolutions run natively, no reorder per call) made feed-forward 1.5–1.7× and NIO_m
-    1.3–1.7× faster than contiguous, in fp32 and bf16. On AVX2 (measured with torch and oneDNN capped to
-    AVX2 on the same CPU, "Speed as a ratio") channels_last was also faster in fp32, so every x86 CPU gets it.
-    CUDA and other CPUs keep contiguous, PyTorch's default: channels_last has not been measured there.
+    1.3–1.7× faster than contiguous, in fp32 and bf16. On AVX2-only CPUs it has not been measured yet
+    (``benchmarks/bench_ratio.py --isa avx2`` simulates one); issue #17 reports nioreg's channels_last fp32
+    path 1.33× faster than its contiguous one there, so every x86 CPU gets it. CUDA and other CPUs keep
+    contiguous, PyTorch's default: channels_last has not been measured there.
     """
     import torch
 

@@ -1,7 +1,14 @@
 """Evaluation: the measures of the paper's tables and the ``nioreg evaluate`` harness.
 
-The harness (:mod:`nioreg.evaluate.harness`), report (:mod:`nioreg.evaluate.report`) and command
-(:mod:`nioreg.evaluate.command`) are imported on demand; this package import stays light.
+- :mod:`nioreg.evaluate.harness`: plan, cases, resume, shards, torchrun ranks (knows nothing about anatomy);
+- :mod:`nioreg.evaluate.protocols`: what is evaluated — ``brain`` (atlas registration, Dice, Table 1) and
+  ``dirlab`` (chest 4D-CT, landmark TRE, Table 2), one module and one registry entry each;
+- :mod:`nioreg.evaluate.report`: the merge into ``run.json`` and ``report.md``;
+- :mod:`nioreg.evaluate.specs`: the one method-spec parser; :mod:`nioreg.evaluate.registration`: where a
+  spec becomes a registration; :mod:`nioreg.evaluate.options`: the run's options and which protocol honours
+  which; :mod:`nioreg.evaluate.command`: ``nioreg evaluate``.
+
+All but the measures and the spec parser are imported on demand; this package import stays light.
 """
 
 from .metrics import (

@@ -1,206 +1,327 @@
-"""The brain-evaluation harness of ``nioreg evaluate``: every subject to every atlas, every method.
+"""The evaluation harness of ``nioreg evaluate``: plan, cases, resume, shards, torchrun ranks, merge.
 
-Layout of an output folder ``OUT``::
+It knows nothing about anatomy. A *protocol* (:mod:`nioreg.evaluate.protocols`: brain atlas registration,
+DIR-Lab chest 4D-CT) says what its cases are, how one is loaded, how a method registers it, how a
+displacement is scored and how the finished cases become a report (:class:`Protocol`). The harness runs
+every method on every case of the plan:
 
-    OUT/plan.json                               what is evaluated (methods, atlases, subjects, model...)
-    OUT/cases/<method>/<atlas>__<subject>.json  one finished case: Dice per structure, std|J|, folding, time
-    OUT/cases/<method>/<atlas>__<subject>.npz   axial slices of that case (for the figures)
-    OUT/run.json, report.md, *.csv, figures/    written by the merge (:mod:`nioreg.evaluate.report`)
+    OUT/plan.json           what is evaluated (protocol, methods, cases, model, the protocol's settings)
+    OUT/<case file>.json    one finished case of one method, at the path the protocol chooses
+                            (brain: cases/<method>/<atlas>__<subject>.json, DIR-Lab: case<N>/<method>.json),
+                            with the protocol's extra files beside it (figure slices, fields)
+    OUT/run.json, report.md and the protocol's tables: written by the merge (:mod:`nioreg.evaluate.report`)
 
-Each case file is written atomically and only after the case has finished (the ``.npz`` first, the
-``.json`` last): a case counts as done exactly when its ``.json`` exists, so a killed run resumes where it
-stopped without recomputing or duplicating anything. Runs are split into shards by (atlas, subject) pair
-(``--shard i/N``; all methods of a pair stay in one shard, the images are read once per pair).
+Each case file is written atomically and only after the case has finished (extra files first, the ``.json``
+last): a case counts as done exactly when its ``.json`` exists, so a killed run resumes where it stopped
+without recomputing or duplicating anything. A finished case computed with another method spec or another
+configuration is an error, not silently reused. Runs are split into shards by case (``--shard i/N``; all
+methods of a case stay in one shard, its images are read once); under ``torchrun`` every rank takes its
+shard and rank 0 merges after a gloo barrier.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, ClassVar, Mapping
 
-import numpy as np
-import torch
-
-from ..io import InputError, Record, read_dataset, write_json_atomic
-from ..io.dataset import stem
-from ..io.write import atomic_write
-from ..measures import dice_per_label, jacobian_statistics
-from .specs import MethodSpec, parse_method_spec
 from ..defaults import DEFAULT_LAMBDA
+from ..io import InputError, write_json_atomic
+from ..io.write import atomic_write
+from .options import EvaluateOptions, refuse_unhonoured
+from .specs import MethodSpec, SpecError, parse_method_spec, parse_methods, resolve_reference
 
 PLAN_NAME = "plan.json"
-CASES_DIR = "cases"
 PLAN_FORMAT = "nioreg-evaluate-plan/1"
 INITIAL = parse_method_spec("initial")
+
+Echo = Callable[[str], None]
 
 
 # ------------------------------------------------------------------------------------------------ the plan
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
-    """What one evaluation run computes; stored as ``OUT/plan.json`` (the merge needs only this file)."""
+    """What one evaluation run computes; stored as ``OUT/plan.json`` (the merge needs only this file).
+
+    A protocol subclasses it with its own fields (written at the top level of ``plan.json``) and the
+    list of its :attr:`cases`.
+    """
 
     dataset: str
-    atlases: list[dict]
-    subjects: list[dict]
     methods: list[MethodSpec]
     reference: str | None = None
     model: str | None = None
     variant: str | None = None
-    labels: list[int] | None = None
-    orientation: str | None = None
     lam: float = DEFAULT_LAMBDA
     seed: int = 0
-    protocol: str = "brain"
-    extra: dict = field(default_factory=dict)
+    protocol: ClassVar[str] = ""
 
     @property
-    def pairs(self) -> list[tuple[str, str]]:
-        """(atlas, subject) pairs, atlas-major, the atlas itself excluded."""
-        out = []
-        for atlas in self.atlases:
-            for subject in self.subjects:
-                if subject["subject"] == atlas["name"] or _same_file(subject["image"], atlas["image"]):
-                    continue
-                out.append((atlas["name"], subject["subject"]))
-        return out
+    def cases(self) -> list[str]:
+        """Names of the cases, in order (the unit of shards and of the case files)."""
+        raise NotImplementedError
 
     @property
     def all_methods(self) -> list[MethodSpec]:
         """``initial`` first (always evaluated: the before-registration row), then the requested methods."""
         return [INITIAL] + [m for m in self.methods if m.label != INITIAL.label]
 
+    def protocol_fields(self) -> dict:
+        """The protocol's own entries of ``plan.json``."""
+        return {}
+
     def to_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "protocol": self.protocol, "dataset": self.dataset,
-                "atlases": self.atlases, "subjects": self.subjects,
                 "methods": [m.to_dict() for m in self.methods], "reference": self.reference,
-                "model": self.model, "variant": self.variant, "labels": self.labels,
-                "orientation": self.orientation, "lambda": self.lam, "seed": self.seed,
-                "pairs": [list(p) for p in self.pairs], "extra": self.extra}
+                "model": self.model, "variant": self.variant, "lambda": self.lam, "seed": self.seed,
+                **self.protocol_fields()}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        if d.get("format") != PLAN_FORMAT:
-            raise InputError(f"plan file: unknown format {d.get('format')!r} (expected {PLAN_FORMAT})")
-        methods = [parse_method_spec(m["text"]) for m in d["methods"]]
-        for spec, stored in zip(methods, d["methods"]):
-            if spec.label != stored["label"]:  # an explicit LABEL= is part of the text; this is a safety net
+    @staticmethod
+    def common_fields(d: dict, preset: str | None) -> dict:
+        """The keywords of the common fields, read back from a ``plan.json`` dictionary."""
+        methods = []
+        for stored in d["methods"]:
+            spec = parse_method_spec(stored["text"], preset=preset)
+            if spec.label != stored["label"]:  # a label chosen by the protocol, not by the spec text
                 object.__setattr__(spec, "label", stored["label"])
-        return cls(dataset=d["dataset"], atlases=d["atlases"], subjects=d["subjects"], methods=methods,
-                   reference=d.get("reference"), model=d.get("model"), variant=d.get("variant"),
-                   labels=d.get("labels"), orientation=d.get("orientation"), lam=d.get("lambda", DEFAULT_LAMBDA),
-                   seed=d.get("seed", 0), protocol=d.get("protocol", "brain"), extra=d.get("extra", {}))
-
-
-def _same_file(a: str | Path, b: str | Path) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
-
-
-def resolve_atlases(atlases: Sequence[str], records: list[Record]) -> list[dict]:
-    """``--atlas`` values: subject names of the dataset, or image paths (``IMAGE`` or ``IMAGE=LABELS``).
-
-    For a path without ``=LABELS`` the label map is looked up as ``../labels/<same name>`` (LPBA40 layout) or
-    ``<stem>_seg`` / ``<stem>_labels`` beside the image.
-    """
-    by_name = {r.subject: r for r in records}
-    out = []
-    for text in atlases:
-        if text in by_name:
-            r = by_name[text]
-            out.append({"name": r.subject, "image": str(r.image), "labels": None if r.labels is None else str(r.labels)})
-            continue
-        image_text, _, labels_text = text.partition("=")
-        image = Path(image_text)
-        if not image.is_file():
-            raise InputError(f"--atlas {text!r}: neither a subject of the dataset nor an image file "
-                             f"(subjects: {', '.join(sorted(by_name)[:6])}...)")
-        labels = Path(labels_text) if labels_text else _find_labels(image)
-        if labels is None or not labels.is_file():
-            raise InputError(f"--atlas {text!r}: no label map found; give it as IMAGE=LABELS")
-        out.append({"name": stem(image), "image": str(image), "labels": str(labels)})
-    names = [a["name"] for a in out]
-    if len(set(names)) != len(names):
-        raise InputError(f"--atlas: atlas names must be unique, got {names}")
-    for atlas in out:
-        if atlas["labels"] is None:
-            raise InputError(f"atlas '{atlas['name']}': has no label map in the dataset (Dice needs labels)")
-    return out
-
-
-def _find_labels(image: Path) -> Path | None:
-    candidates = []
-    if image.parent.name == "images":
-        candidates.append(image.parent.parent / "labels" / image.name)
-    base = stem(image)
-    for suffix in ("_seg", "_labels", "_label"):
-        for ext in (".nii.gz", ".nii"):
-            candidates.append(image.with_name(base + suffix + ext))
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def make_plan(dataset: str | Path, atlases: Sequence[str], methods: Sequence[MethodSpec], *,
-              subjects: Sequence[str] | None = None, split: str | None = None, **kwargs) -> Plan:
-    """Read the dataset and build the :class:`Plan` (subjects with labels, atlases resolved)."""
-    records = read_dataset(dataset)
-    atlas_list = resolve_atlases(atlases, records)
-    if split is not None:
-        records = [r for r in records if r.split == split]
-        if not records:
-            raise InputError(f"dataset '{dataset}': no records with split '{split}'")
-    if subjects:
-        by_name = {r.subject: r for r in records}
-        missing = [s for s in subjects if s not in by_name]
-        if missing:
-            raise InputError(f"--subjects: unknown subjects {missing[:5]}; the dataset has "
-                             f"{', '.join(sorted(by_name)[:8])}...")
-        records = [by_name[s] for s in subjects]
-    without = [r.subject for r in records if r.labels is None]
-    if without:
-        raise InputError(f"dataset '{dataset}': subjects without a label map (Dice needs labels): {without[:5]}")
-    subject_list = [{"subject": r.subject, "image": str(r.image), "labels": str(r.labels)} for r in records]
-    plan = Plan(dataset=str(dataset), atlases=atlas_list, subjects=subject_list, methods=list(methods), **kwargs)
-    if not plan.pairs:
-        raise InputError("nothing to evaluate: every subject is an atlas (or the subject list is empty)")
-    return plan
+            methods.append(spec)
+        return {"dataset": d["dataset"], "methods": methods, "reference": d.get("reference"),
+                "model": d.get("model"), "variant": d.get("variant"), "lam": d.get("lambda", DEFAULT_LAMBDA),
+                "seed": d.get("seed", 0)}
 
 
 def write_plan(out: Path, plan: Plan) -> Path:
     return write_json_atomic(Path(out) / PLAN_NAME, plan.to_dict())
 
 
-def read_plan(out: Path) -> Plan:
+def read_plan_dict(out: Path) -> dict:
     path = Path(out) / PLAN_NAME
     if not path.is_file():
         raise InputError(f"'{out}': no {PLAN_NAME} (not an evaluation output folder, or no run started yet)")
     try:
-        return Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError) as error:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
         raise InputError(f"'{path}': unreadable plan ({error})") from None
+    if d.get("format") != PLAN_FORMAT:
+        raise InputError(f"plan file: unknown format {d.get('format')!r} (expected {PLAN_FORMAT})")
+    return d
 
 
-# ------------------------------------------------------------------------------------------------ cases
+def read_plan(out: Path) -> Plan:
+    """``OUT/plan.json`` as the plan of its protocol."""
+    from .protocols import get_protocol
+
+    d = read_plan_dict(out)
+    try:
+        return get_protocol(d.get("protocol", "brain")).plan_from_dict(d)
+    except KeyError as error:
+        raise InputError(f"'{Path(out) / PLAN_NAME}': unreadable plan (no {error})") from None
 
 
-def case_name(atlas: str, subject: str) -> str:
-    return f"{atlas}__{subject}"
+# ------------------------------------------------------------------------------------------------ protocols
 
 
-def case_path(out: Path, label: str, atlas: str, subject: str, suffix: str = ".json") -> Path:
-    return Path(out) / CASES_DIR / label / f"{case_name(atlas, subject)}{suffix}"
+@dataclass
+class MethodOutput:
+    """What a method returns to the harness: the displacement (nioreg convention) and its metadata."""
+
+    displacement: Any  # torch.Tensor (1, 3, D, H, W), voxels of the case's fixed grid, pull
+    seconds: float
+    details: dict = field(default_factory=dict)
 
 
-def read_case(out: Path, label: str, atlas: str, subject: str) -> dict | None:
+@dataclass
+class Scored:
+    """A scored case: the protocol's part of the case record, and extra files ``{suffix: write(tmp_path)}``."""
+
+    record: dict
+    files: dict[str, Callable[[Path], None]] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """What a protocol's merge produced (the harness adds it to ``run.json`` and prints ``table``)."""
+
+    summary: dict
+    table: str
+    files: list[Path] = field(default_factory=list)
+    run_fields: dict = field(default_factory=dict)
+
+
+class Protocol(ABC):
+    """What a protocol provides to the harness. Subclass it, then add one entry to
+    :data:`nioreg.evaluate.protocols.PROTOCOLS`.
+
+    The class attributes describe it (the iteration preset of bare method names, its default methods, whether
+    baselines belong to it, which :class:`~nioreg.evaluate.options.EvaluateOptions` fields it honours besides
+    the common ones); the abstract methods are its cases, their registration and scoring, and its report.
+    """
+
+    name: ClassVar[str]
+    preset: ClassVar[str | None] = None          # iterations of learned methods written without :ITERS
+    default_methods: ClassVar[tuple[str, ...]] = ()
+    default_reference: ClassVar[str] = "nio_m"   # used when present; an explicit --reference must exist
+    baselines: ClassVar[bool] = False            # whether syn / niftyreg are part of the protocol
+    options: ClassVar[frozenset[str]] = frozenset()
+
+    def check_options(self, options: EvaluateOptions) -> None:
+        refuse_unhonoured(options, self.name, self.options)
+
+    def parse_methods(self, options: EvaluateOptions) -> list[MethodSpec]:
+        """The run's method specs (``initial`` is implied), parsed with the protocol's preset."""
+        texts = self.default_methods if options.methods is None else options.methods
+        specs = [s for s in parse_methods(texts, preset=self.preset) if s.label != INITIAL.label]
+        refused = [s.text for s in specs if s.kind == "baseline" and not self.baselines]
+        if refused:
+            raise SpecError(f"method {refused[0]!r}: baselines are not part of the {self.name} protocol "
+                            "(learned methods only: ff, io, nio, nio_m)")
+        return specs
+
+    def reference_label(self, reference: str | None, specs: list[MethodSpec]) -> str | None:
+        try:
+            return resolve_reference(reference or self.default_reference, specs).label
+        except SpecError:
+            if reference is not None:  # an explicitly chosen reference must exist; the default may be absent
+                raise
+            return None
+
+    def networks(self, options: EvaluateOptions) -> "Networks":
+        return Networks(options.model, options.variant)
+
+    def plan_fields(self, options: EvaluateOptions, specs: list[MethodSpec]) -> dict:
+        """The keywords of :class:`Plan`'s common fields for this run."""
+        model = None if isinstance(options.model, Mapping) else describe_model(options.model)
+        return {"dataset": str(options.dataset), "methods": specs,
+                "reference": self.reference_label(options.reference, specs), "model": model,
+                "variant": options.variant, "lam": options.lam, "seed": options.seed}
+
+    def case_config(self, plan: Plan, spec: MethodSpec, case: str) -> dict | None:
+        """What a stored case must match to be reused besides its spec (``None``: nothing)."""
+        return None
+
+    def fatal(self, error: BaseException) -> bool:
+        """Whether a failing case stops the run (else it is recorded and the run goes on)."""
+        return isinstance(error, InputError)
+
+    @abstractmethod
+    def make_plan(self, options: EvaluateOptions, specs: list[MethodSpec], echo: Echo) -> Plan:
+        """Read the dataset and list the cases (``InputError`` for anything the run cannot find)."""
+
+    @abstractmethod
+    def plan_from_dict(self, d: dict) -> Plan:
+        """The plan of a ``plan.json`` written by :meth:`Plan.to_dict`."""
+
+    @abstractmethod
+    def case_file(self, label: str, case: str) -> str:
+        """Path of a method's case file relative to OUT, without suffix."""
+
+    @abstractmethod
+    def load_case(self, plan: Plan, case: str) -> Any:
+        """One case, ready for every method (loaded once per case)."""
+
+    @abstractmethod
+    def register(self, spec: MethodSpec, data: Any, net, run: "RunContext") -> MethodOutput:
+        """Register a loaded case with one method (``net``: the case's network, for learned methods)."""
+
+    @abstractmethod
+    def score(self, data: Any, output: MethodOutput) -> Scored:
+        """The protocol's measures of one registered case, and its extra files."""
+
+    @abstractmethod
+    def report(self, out: Path, plan: Plan, results: dict[str, dict[str, dict]], options: EvaluateOptions) -> Report:
+        """Tables (and figures) of the finished cases ``{method label: {case: record}}``."""
+
+    @abstractmethod
+    def markdown(self, out: Path, plan: Plan, run: dict, report: Report) -> str:
+        """The text of ``report.md``."""
+
+
+# ------------------------------------------------------------------------------------------------ networks
+
+
+def describe_model(source) -> str | None:
+    """How a model is recorded: its path, or the type of an in-memory module."""
+    if source is None:
+        return None
+    return str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
+
+
+class Networks:
+    """The network of each case's learned methods: one model, or ``{case name: model}`` (leave-one-out).
+
+    A model is a registered model name (``nioreg models list``) or a file, loaded on first use and kept (so a
+    finished run resumes without loading anything), or a torch module.
+    """
+
+    def __init__(self, source, variant: str | None = None):
+        self.source, self.variant = source, variant
+        self._loaded: dict[str, Any] = {}
+
+    def source_for(self, case: str):
+        if isinstance(self.source, Mapping):
+            if case not in self.source:
+                raise InputError(f"no model given for {case} (the model mapping has {sorted(self.source)})")
+            return self.source[case]
+        return self.source
+
+    def _file(self, source):
+        """A model name or path as the file and variant to load (:func:`nioreg.models.resolve_model`)."""
+        from ..models import resolve_model
+
+        return resolve_model(source, self.variant)
+
+    def check(self, cases: list[str]) -> None:
+        """Every model is given, and every model name or file resolves to a file."""
+        for case in cases:
+            source = self.source_for(case)
+            if source is None:
+                raise InputError("the learned methods (ff, io, nio, nio_m) need --model")
+            if isinstance(source, (str, os.PathLike)) and not self._file(source).path.is_file():
+                raise InputError(f"model '{source}': file not found (nor a registered model name: nioreg models list)")
+
+    def describe(self, case: str) -> str | None:
+        return describe_model(self.source_for(case))
+
+    def __call__(self, case: str):
+        import torch
+
+        source = self.source_for(case)
+        key = case if isinstance(self.source, Mapping) else ""
+        if key not in self._loaded:
+            if isinstance(source, torch.nn.Module):
+                self._loaded[key] = source
+            else:
+                from ..models import load_model
+
+                resolved = self._file(source)
+                self._loaded[key] = load_model(resolved.path, variant=resolved.variant)
+        return self._loaded[key]
+
+
+@dataclass
+class RunContext:
+    """What a protocol's :meth:`Protocol.register` may use besides the case: the plan and the run's options."""
+
+    plan: Plan
+    options: EvaluateOptions
+    device: str | None
+
+
+# ------------------------------------------------------------------------------------------------ case files
+
+
+def case_path(out: Path, protocol: Protocol, label: str, case: str, suffix: str = ".json") -> Path:
+    return Path(out) / f"{protocol.case_file(label, case)}{suffix}"
+
+
+def read_case(path: Path) -> dict | None:
     """The finished case's record, or None when it has not been computed (or its file is unreadable)."""
-    path = case_path(out, label, atlas, subject)
     if not path.is_file():
         return None
     try:
@@ -209,130 +330,33 @@ def read_case(out: Path, label: str, atlas: str, subject: str) -> dict | None:
         return None  # cannot happen with atomic writes, but a hand-edited file is recomputed, not trusted
 
 
-def _check_spec(record: dict, spec: MethodSpec, path: Path) -> None:
+def _check_record(record: dict, spec: MethodSpec, config: dict | None, path: Path) -> None:
     stored = record.get("spec", {})
     same = (stored.get("name") == spec.name and stored.get("iterations") == (
         None if spec.iterations is None else list(spec.iterations)) and stored.get("options") == spec.option_dict)
     if not same:
         raise InputError(f"'{path}' holds a result of method spec {stored.get('text')!r}, not {spec.text!r}; "
                          "use another --out or give this spec another label (LABEL=SPEC)")
+    if config is not None and record.get("config") != json.loads(json.dumps(config)):
+        raise InputError(f"'{path}' was computed with another configuration ({record.get('config')}); "
+                         "use another --out or delete it")
 
 
-def axial_axis(affine: np.ndarray) -> int:
-    """Array axis that runs inferior–superior according to ``affine`` (for axial slices)."""
-    import nibabel as nib
-
-    codes = nib.aff2axcodes(affine)
-    return next((k for k, c in enumerate(codes) if c in ("S", "I")), 2)
-
-
-@dataclass
-class PairData:
-    """One (atlas, subject) pair on the atlas grid, ready for every method."""
-
-    atlas: str
-    subject: str
-    fixed: object  # nioreg.io.Volume
-    moving: object
-    fixed_labels: np.ndarray
-    moving_labels: np.ndarray
-    labels: list[int]
-    axis: int
-    index: int
+def finished_cases(out: Path, plan: Plan, protocol: Protocol, cases: list[str] | None = None
+                   ) -> dict[str, dict[str, dict]]:
+    """``{method label: {case: record}}`` of the finished cases, each checked against the plan."""
+    results: dict[str, dict[str, dict]] = {spec.label: {} for spec in plan.all_methods}
+    for case in plan.cases if cases is None else cases:
+        for spec in plan.all_methods:
+            path = case_path(out, protocol, spec.label, case)
+            record = read_case(path)
+            if record is not None:
+                _check_record(record, spec, protocol.case_config(plan, spec, case), path)
+                results[spec.label][case] = record
+    return results
 
 
-def load_pair(plan: Plan, atlas: dict, subject: dict) -> PairData:
-    from ..pipeline import load_inputs
-
-    inputs = load_inputs(atlas["image"], subject["image"], fixed_labels=atlas["labels"],
-                         moving_labels=subject["labels"], fixed_orientation=plan.orientation,
-                         moving_orientation=plan.orientation)
-    fixed_labels = inputs.fixed_labels.array
-    moving_labels = inputs.moving_labels.array
-    if plan.labels:
-        labels = [int(v) for v in plan.labels]
-    else:
-        labels = sorted((set(np.unique(fixed_labels).tolist()) | set(np.unique(moving_labels).tolist())) - {0})
-    axis = axial_axis(inputs.fixed.affine)
-    return PairData(atlas["name"], subject["subject"], inputs.fixed, inputs.moving, fixed_labels, moving_labels,
-                    labels, axis, inputs.fixed.shape[axis] // 2)
-
-
-@dataclass
-class MethodOutput:
-    """What a method returns to the harness: the displacement (nioreg convention) and its metadata."""
-
-    displacement: torch.Tensor  # (1, 3, D, H, W), voxels, pull
-    seconds: float
-    details: dict = field(default_factory=dict)
-
-
-def run_method(spec: MethodSpec, pair: PairData, *, model=None, plan: Plan, device=None,
-               threads: int | None = None, workdir=None) -> MethodOutput:
-    """Register one pair with one method spec (learned, baseline or the identity)."""
-    shape = pair.fixed.shape
-    if spec.kind == "identity":
-        return MethodOutput(torch.zeros((1, 3) + tuple(shape)), 0.0, {})
-    options = spec.option_dict
-    if spec.kind == "learned":
-        from ..pipeline import register_volumes
-
-        if model is None:
-            raise InputError(f"method {spec.text!r} needs a model (--model)")
-        from ..methods import RegistrationOptions
-
-        settings = RegistrationOptions(method=spec.name, iterations=spec.iterations, lr=options.get("lr"),
-                                       lam=float(options.get("lambda", plan.lam)), device=device,
-                                       seed=int(options.get("seed", plan.seed)),
-                                       precision=str(options.get("precision", "auto")))
-        result, view = register_volumes(model, pair.fixed, pair.moving, settings)
-        summary = result.summary()
-        details = {k: summary[k] for k in ("iterations", "lr", "lambda", "device", "precision", "precision_reason",
-                                           "memory_format", "seconds_feedforward",
-                                           "seconds_per_stage", "loss_feedforward", "loss_final",
-                                           "fell_back_to_feedforward", "events")}
-        details["registration_grid"] = list(view.fixed.shape)
-        return MethodOutput(result.displacement.detach().cpu().float(), result.seconds, details)
-    from ..baselines import run_baseline
-    from ..baselines._common import conversion_error
-
-    result = run_baseline(spec.name, pair.fixed, pair.moving, options, threads=threads, seed=plan.seed,
-                          workdir=workdir)
-    details = dict(result.details)
-    details["conversion_check"] = conversion_error(result.displacement, pair.moving.array, result.tool_warped)
-    details["device"] = "cpu"
-    return MethodOutput(torch.as_tensor(result.displacement)[None].float(), result.seconds, details)
-
-
-def evaluate_displacement(pair: PairData, displacement: torch.Tensor) -> tuple[dict, dict]:
-    """Dice per structure, Jacobian statistics and the figure slices of one registered pair."""
-    from ..spatial import jacobian_determinant, warp, warp_labels
-
-    disp = displacement.float().cpu()
-    warped_labels = warp_labels(torch.as_tensor(pair.moving_labels.astype(np.int32))[None, None], disp)[0, 0].numpy()
-    dice = dice_per_label(pair.fixed_labels, warped_labels, labels=pair.labels)
-    jac = jacobian_determinant(disp)[0].numpy()
-    stats = jacobian_statistics(jac)
-    warped = warp(torch.as_tensor(pair.moving.array.astype(np.float32))[None, None], disp)[0, 0].numpy()
-    values = [v for v in dice.values() if not math.isnan(v)]
-    metrics = {"dice_mean": float(np.mean(values)) if values else math.nan,
-               "dice": {str(k): v for k, v in dice.items()},
-               "n_structures": len(values),
-               "jacobian_std": stats["jacobian_std"],
-               "folding_percent": 100.0 * stats["folding_fraction"],
-               "jacobian_min": float(jac.min())}
-    take = lambda a: np.take(a, pair.index, axis=pair.axis)  # noqa: E731
-    slices = {"warped": take(warped).astype(np.float32), "jacobian": take(jac).astype(np.float32),
-              "warped_labels": take(warped_labels).astype(np.int32),
-              "fixed": take(pair.fixed.array).astype(np.float32),
-              "fixed_labels": take(pair.fixed_labels).astype(np.int32),
-              "moving": take(pair.moving.array).astype(np.float32),
-              "axis": np.int32(pair.axis), "index": np.int32(pair.index)}
-    return metrics, slices
-
-
-def _save_npz(path: Path, arrays: dict) -> None:
-    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
+# ------------------------------------------------------------------------------------------------ shards
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -348,11 +372,72 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def shard_pairs(pairs: list[tuple[str, str]], shard: tuple[int, int] | None) -> list[tuple[str, str]]:
+def shard_cases(cases: list, shard: tuple[int, int] | None) -> list:
+    """Every N-th case starting at i."""
     if shard is None:
-        return list(pairs)
+        return list(cases)
     i, n = shard
-    return pairs[i::n]
+    return cases[i::n]
+
+
+def _torchrun() -> tuple[int, int] | None:
+    """(rank, world size) when started by torchrun with more than one process."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return None
+    return (rank, world) if world > 1 else None
+
+
+@dataclass
+class Ranks:
+    """This process's share of the cases: ``--shard i/N``, or its rank under torchrun (gloo barriers)."""
+
+    shard: tuple[int, int] | None = None
+    distributed: bool = False
+
+    @classmethod
+    def start(cls, shard: str | None) -> "Ranks":
+        explicit, launched = parse_shard(shard), _torchrun()
+        if launched is None or explicit is not None:
+            return cls(explicit, False)
+        import torch.distributed as tdist
+
+        tdist.init_process_group("gloo", timeout=timedelta(days=7))
+        return cls(launched, True)
+
+    @property
+    def leader(self) -> bool:
+        """Writes the plan and merges: rank 0 under torchrun, any single process otherwise."""
+        return not self.distributed or self.shard[0] == 0
+
+    @property
+    def merges(self) -> bool:
+        """Whether this process merges after computing (shards given by hand are merged with --merge-only)."""
+        return self.leader and (self.distributed or self.shard is None)
+
+    def device(self, device: str | None) -> str | None:
+        import torch
+
+        if device is None and self.distributed and torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        return device
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+
+    def stop(self) -> None:
+        if self.distributed:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------ computing
 
 
 @dataclass
@@ -362,95 +447,173 @@ class RunStats:
     failed: list = field(default_factory=list)
 
 
-def run_cases(out: Path, plan: Plan, *, model=None, shard: tuple[int, int] | None = None, device=None,
-              threads: int | None = None, workdir=None, progress: bool = True, max_cases: int | None = None,
-              on_case: Callable[[dict], None] | None = None) -> RunStats:
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def compute_case(out: Path, protocol: Protocol, run: RunContext, case: str, data, spec: MethodSpec, net,
+                 stats: RunStats) -> dict | None:
+    """Register and score one method on one loaded case; write its files (the ``.json`` last)."""
+    error_file = case_path(out, protocol, spec.label, case, ".error.txt")
+    try:
+        output = protocol.register(spec, data, net, run)
+        scored = protocol.score(data, output)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # one failed case must not end a long run
+        if protocol.fatal(error):
+            raise
+        message = _first_line(error)
+        atomic_write(error_file, lambda tmp: tmp.write_text(message + "\n", encoding="utf-8"))
+        stats.failed.append({"method": spec.label, "case": case, "error": message})
+        return None
+    record = {"method": spec.label, "spec": spec.to_dict(), **scored.record, "seconds": output.seconds}
+    config = protocol.case_config(run.plan, spec, case)
+    if config is not None:
+        record["config"] = config
+    record.update(host=os.uname().nodename if hasattr(os, "uname") else "",
+                  finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    for suffix, write in scored.files.items():
+        atomic_write(case_path(out, protocol, spec.label, case, suffix), write)
+    write_json_atomic(case_path(out, protocol, spec.label, case), record)
+    if error_file.exists():
+        error_file.unlink()
+    stats.computed += 1
+    return record
+
+
+def run_cases(out: Path, plan: Plan, protocol: Protocol, run: RunContext, networks: Networks, *,
+              shard: tuple[int, int] | None = None, max_cases: int | None = None,
+              progress: bool = True) -> RunStats:
     """Compute every unfinished case of this shard (resumable; see the module docstring).
 
-    ``model`` is the network of the learned methods, or a callable returning it (called once, and only when
-    a learned case is actually computed, so a finished run resumes without loading it).
-
     ``max_cases`` stops after that many newly computed cases (time-boxed runs; a later run continues).
-    A case that raises is reported in ``RunStats.failed`` and in ``OUT/cases/<method>/<case>.error.txt``
-    and retried by the next run; the other cases go on.
+    A case that raises is reported in ``RunStats.failed`` and in its ``.error.txt`` and retried by the next
+    run; the other cases go on. Networks are loaded only when a learned case is actually computed.
     """
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    atlases = {a["name"]: a for a in plan.atlases}
-    subjects = {s["subject"]: s for s in plan.subjects}
-    methods = plan.all_methods
-    todo: list[tuple[tuple[str, str], list[MethodSpec]]] = []
-    stats = RunStats()
-    for atlas, subject in shard_pairs(plan.pairs, shard):
-        pending = []
-        for spec in methods:
-            record = read_case(out, spec.label, atlas, subject)
-            if record is None:
-                pending.append(spec)
-            else:
-                _check_spec(record, spec, case_path(out, spec.label, atlas, subject))
-                stats.skipped += 1
-        if pending:
-            todo.append(((atlas, subject), pending))
-    total = sum(len(p) for _, p in todo)
-    where = "" if shard is None else f" shard {shard[0]}/{shard[1]}"
-    bar = tqdm(total=total, desc=f"evaluate{where}", unit="case", disable=not progress, dynamic_ncols=True)
-    loaded: list = []
+    from ..progress import progress as progress_bar
 
-    def network():
-        if not loaded:
-            loaded.append(model() if callable(model) and not isinstance(model, torch.nn.Module) else model)
-        return loaded[0]
+    stats = RunStats()
+    todo = []
+    for case in shard_cases(plan.cases, shard):
+        pending = [spec for spec in plan.all_methods
+                   if not case_path(out, protocol, spec.label, case).is_file()]
+        stats.skipped += len(plan.all_methods) - len(pending)
+        if pending:
+            todo.append((case, pending))
+    where = "" if shard is None else f" shard {shard[0]}/{shard[1]}"
+    total = sum(len(p) for _, p in todo)
+    bar = progress_bar(total, f"evaluate{where}", unit="case") if progress else tqdm(disable=True)
     try:
-        for (atlas, subject), pending in todo:
-            pair = load_pair(plan, atlases[atlas], subjects[subject])
+        for case, pending in todo:
+            data = protocol.load_case(plan, case)
             for spec in pending:
                 if max_cases is not None and stats.computed >= max_cases:
                     return stats
-                bar.set_postfix_str(f"{spec.label} {case_name(atlas, subject)}", refresh=True)
-                net = network() if spec.kind == "learned" else None  # a bad model file stops the run
-                try:
-                    output = run_method(spec, pair, model=net, plan=plan, device=device, threads=threads,
-                                        workdir=workdir)
-                    metrics, slices = evaluate_displacement(pair, output.displacement)
-                except (KeyboardInterrupt, InputError):
-                    raise
-                except Exception as error:  # one failed case must not end a long run
-                    from ..baselines import BaselineUnavailable
-
-                    if isinstance(error, BaselineUnavailable):
-                        raise
-                    message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-                    atomic_write(case_path(out, spec.label, atlas, subject, ".error.txt"),
-                                 lambda tmp, m=message: tmp.write_text(m + "\n", encoding="utf-8"))
-                    stats.failed.append({"method": spec.label, "case": case_name(atlas, subject), "error": message})
-                    bar.update(1)
-                    continue
-                record = {"method": spec.label, "spec": spec.to_dict(), "atlas": atlas, "subject": subject,
-                          **metrics, "seconds": output.seconds, "shape": list(pair.fixed.shape),
-                          "details": output.details, "host": os.uname().nodename if hasattr(os, "uname") else "",
-                          "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-                _save_npz(case_path(out, spec.label, atlas, subject, ".npz"), slices)
-                write_json_atomic(case_path(out, spec.label, atlas, subject), record)
-                error_file = case_path(out, spec.label, atlas, subject, ".error.txt")
-                if error_file.exists():
-                    error_file.unlink()
-                stats.computed += 1
-                if on_case is not None:
-                    on_case(record)
+                bar.set_postfix_str(f"{spec.label} {case}", refresh=True)
+                net = networks(case) if spec.kind == "learned" else None  # a bad model file stops the run
+                compute_case(out, protocol, run, case, data, spec, net, stats)
                 bar.update(1)
     finally:
         bar.close()
     return stats
 
 
-def load_model_for(plan: Plan, device=None):
-    """The plan's model (None when no learned method is evaluated)."""
-    if not any(m.kind == "learned" for m in plan.methods):
-        return None
-    if plan.model is None:
-        raise InputError("the learned methods (ff, io, nio, nio_m) need --model")
-    from ..models import load_model
+# ------------------------------------------------------------------------------------------------ the run
 
-    return load_model(plan.model, variant=plan.variant)
+
+def evaluate(options: EvaluateOptions, *, echo: Echo | None = print) -> dict | None:
+    """One ``nioreg evaluate`` run: compute the unfinished cases of this shard/rank, then merge.
+
+    Returns the merged run dictionary (``run.json``), or ``None`` where this process does not merge
+    (a shard given by hand, ``--no-merge``, a torchrun rank other than 0).
+    """
+    from .protocols import get_protocol
+
+    echo = echo or (lambda text: None)
+    if options.out is None:
+        raise InputError("give the output folder (--out)")
+    if options.dataset is None and not options.merge_only:
+        raise InputError("give the DATASET (folder or manifest), or --merge-only")
+    from ..runtime import apply_threads
+
+    apply_threads(options.threads)  # --threads, else OMP_NUM_THREADS, else torch's default; recorded in provenance
+    if options.merge_only:
+        return _merge_only(options, echo)
+    protocol = get_protocol(options.protocol or "brain")
+    protocol.check_options(options)
+    specs = protocol.parse_methods(options)
+    plan = protocol.make_plan(options, specs, echo)
+    networks = protocol.networks(options)
+    if any(spec.kind == "learned" for spec in plan.methods):
+        networks.check(plan.cases)
+    finished_cases(options.out, plan, protocol)  # a conflicting earlier result stops us before plan.json changes
+    return _compute(protocol, plan, networks, options, echo)
+
+
+def _compute(protocol: Protocol, plan: Plan, networks: Networks, options: EvaluateOptions, echo: Echo) -> dict | None:
+    out = Path(options.out)
+    ranks = Ranks.start(options.shard)
+    try:
+        if ranks.leader:
+            write_plan(out, plan)
+        ranks.barrier()  # everyone sees the plan before starting
+        run = RunContext(plan, options, ranks.device(options.device))
+        failure: BaseException | None = None
+        try:
+            stats = run_cases(out, plan, protocol, run, networks, shard=ranks.shard, max_cases=options.max_cases,
+                              progress=options.progress)
+        except BaseException as error:  # reach the barrier even on failure, so rank 0 does not wait forever
+            failure = error
+        ranks.barrier()
+        if failure is not None:
+            raise failure
+        for f in stats.failed:
+            echo(f"nioreg: warning: {f['method']} {f['case']} failed: {f['error']}")
+        merged = None
+        if ranks.merges and not options.no_merge:
+            merged = _merge_and_show(out, options, run.device, echo, failures=stats.failed)
+        where = "" if ranks.shard is None else f" (shard {ranks.shard[0]}/{ranks.shard[1]})"
+        failed = f", {len(stats.failed)} failed" if stats.failed else ""
+        echo(f"computed {stats.computed} case(s), {stats.skipped} already done{failed}{where}")
+        if ranks.shard is not None and not ranks.distributed:
+            echo(f"shard done; when all shards are done: nioreg evaluate --merge-only --out {out}")
+        return merged
+    finally:
+        ranks.stop()
+
+
+def _merge_only(options: EvaluateOptions, echo: Echo) -> dict | None:
+    from .protocols import get_protocol
+
+    launched = _torchrun()
+    if launched is not None and launched[0] != 0:
+        return None  # under torchrun only rank 0 merges
+    out = Path(options.out)
+    plan = read_plan(out)  # the plan of the last computing run, not this call's --method/--subjects
+    if options.protocol is not None and options.protocol.lower() != plan.protocol:
+        raise InputError(f"'{out}' holds a {plan.protocol} evaluation, not --protocol {options.protocol}")
+    get_protocol(plan.protocol).check_options(options)
+    echo(f"merging {out / PLAN_NAME}: {len(plan.cases)} cases × "
+         f"{', '.join(spec.label for spec in plan.all_methods)}")
+    return _merge_and_show(out, options, options.device, echo)
+
+
+def _merge_and_show(out: Path, options: EvaluateOptions, device: str | None, echo: Echo,
+                    failures: list | None = None) -> dict:
+    import torch
+
+    from ..pipeline import provenance
+    from .report import merge_with_report
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run, report = merge_with_report(out, options=options, provenance=provenance(str(device), options.seed),
+                                    failures=failures)
+    echo(report.table)
+    if not run["complete"]:
+        echo(f"incomplete: missing cases {run['missing_cases']}")
+    echo(f"wrote {out / 'report.md'}")
+    return run

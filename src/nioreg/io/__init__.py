@@ -7,8 +7,7 @@ Names are imported lazily, so that the command line can read small vocabularies 
 at start-up without loading nibabel.
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "CT_WINDOWS": "ct_windows",
@@ -33,15 +32,13 @@ _EXPORTS = {
     "override_orientation": "volume",
     "parse_orientation": "volume",
     "OutputFolder": "output_folder",
+    "load_itk_affine": "transforms",
+    "load_itk_composite": "transforms",
+    "save_itk_affine": "transforms",
+    "save_itk_composite": "transforms",
     "check_not_input": "write",
     "save_nifti": "write",
     "write_json_atomic": "write",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -40,6 +40,10 @@ __all__ = [
 
 LPS_FROM_RAS = np.array([-1.0, -1.0, 1.0])
 
+FIELD_COMPRESSLEVEL = 0
+"""Displacement fields are float noise to gzip (91 % of their size at level 1 on LPBA40, 2 s per field at
+160x192x160): they are written as stored gzip, which every NIfTI reader opens as usual."""
+
 
 def _field(disp_vox: Any, fixed: Volume) -> np.ndarray:
     """Check a nioreg field against the fixed grid: ``(3, D, H, W)`` (or batch of one) as float64."""
@@ -68,18 +72,17 @@ def save_itk_displacement(
     world than the moving file's (an orientation override, a pre-alignment), so that the file still maps the
     user's fixed file onto the user's moving file.
     """
-    d = _field(disp_vox, fixed)
+    d = _field(disp_vox, fixed).reshape(3, -1)
+    lps = LPS_FROM_RAS[:, None]
     if target_affine is None or np.allclose(target_affine, fixed.affine, rtol=0, atol=1e-9):
-        d_ras = np.einsum("ij,j...->i...", fixed.affine[:3, :3], d)
+        d_lps = (lps * fixed.affine[:3, :3]) @ d  # one 3x3 product per voxel (BLAS, not einsum)
     else:
         t = np.asarray(target_affine, dtype=np.float64)
-        grid = np.indices(fixed.shape, dtype=np.float64)
+        grid = np.indices(fixed.shape, dtype=np.float64).reshape(3, -1)
         linear = t[:3, :3] - fixed.affine[:3, :3]  # T (x + u) - A x = (T - A) x + T u + (t - a)
-        d_ras = (np.einsum("ij,j...->i...", linear, grid) + np.einsum("ij,j...->i...", t[:3, :3], d)
-                 + (t[:3, 3] - fixed.affine[:3, 3]).reshape(3, 1, 1, 1))
-    d_lps = d_ras * LPS_FROM_RAS.reshape(3, 1, 1, 1)
-    data = np.moveaxis(d_lps, 0, -1)[:, :, :, None, :].astype(np.float32)
-    return save_nifti(path, data, fixed.affine, intent="vector", inputs=inputs)
+        d_lps = lps * (linear @ grid + t[:3, :3] @ d + (t[:3, 3] - fixed.affine[:3, 3])[:, None])
+    data = d_lps.astype(np.float32).T.reshape(tuple(fixed.shape) + (1, 3))
+    return save_nifti(path, data, fixed.affine, intent="vector", inputs=inputs, compresslevel=FIELD_COMPRESSLEVEL)
 
 
 def _load_vector_file(path, role: str) -> tuple[Path, np.ndarray, np.ndarray]:
@@ -133,7 +136,8 @@ def save_l2r_displacement(
     applies it as ``map_coordinates(moving, identity + disp.transpose(3, 0, 1, 2))``.
     """
     d = _field(disp_vox, fixed)
-    return save_nifti(path, np.moveaxis(d, 0, -1).astype(np.float32), fixed.affine, inputs=inputs)
+    return save_nifti(path, np.moveaxis(d, 0, -1).astype(np.float32), fixed.affine, inputs=inputs,
+                      compresslevel=FIELD_COMPRESSLEVEL)
 
 
 def load_l2r_displacement(

@@ -202,7 +202,7 @@ class Preprocessing:
         if not hi > lo:
             how = f"the {self.percentiles[0]:g}/{self.percentiles[1]:g} percentiles" if (
                 self.ct_window is None and self.percentiles is not None) else "its intensity range"
-            raise InputError(f"{name}: {how} are both {lo:g}; cannot scale to [0, 1] "
+            raise InputError(f"{name}: the low and high ends of {how} are both {lo:g}; cannot scale to [0, 1] "
                              "(a nearly constant image, or one that is mostly empty)")
         return to_unit_range(array, lo, hi)
 

@@ -23,6 +23,7 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -272,8 +273,12 @@ def registration_loss(
     window: int = 7,
     mask: Tensor | None = None,
     eps: float = 1e-5,
+    similarity: Callable[..., Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """NIO objective ``(1 − λ)·lncc(fixed, warped) + λ·4·diffusion(disp)``; returns ``(total, sim, reg)``.
+
+    ``similarity``: another measure ``(fixed, warped, mask=...) -> loss`` in place of LNCC (e.g.
+    :class:`nioreg.losses.Similarity` ``("mind")``, which includes its scale; ``window``/``eps`` are then unused).
 
     ``disp`` is in voxels; ``reg`` is reported in the official half-voxel units (see REGULARISER_SCALE).
 
@@ -291,7 +296,10 @@ def registration_loss(
         )
     if disp.device != warped.device:
         raise ValueError(f"{fn}: disp is on {disp.device} but warped is on {warped.device}")
-    sim = lncc(fixed, warped, window=window, eps=eps, mask=mask)
+    if similarity is None:
+        sim = lncc(fixed, warped, window=window, eps=eps, mask=mask)
+    else:
+        sim = similarity(fixed, warped, mask=mask)
     reg = REGULARISER_SCALE * diffusion(disp)
     total = (1.0 - lam) * sim + lam * reg
     return total, sim, reg

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import Tensor, nn
 
+from ._measure import PreparedFeatures
 from .functional import PreparedFixed, _check_eps, _check_lam, diffusion, lncc, prepare_fixed, registration_loss
+from .mind import mind, prepare_mind
+from .mutual_information import mutual_information
+from .ngf import ngf, prepare_ngf
 from ..defaults import DEFAULT_LAMBDA
 
-__all__ = ["LNCC", "Diffusion", "RegistrationLoss"]
+__all__ = ["LNCC", "MIND", "NGF", "MutualInformation", "Diffusion", "RegistrationLoss"]
 
 
 class LNCC(nn.Module):
@@ -51,6 +57,77 @@ class LNCC(nn.Module):
 
     def extra_repr(self) -> str:
         return f"window={self.window}, eps={self.eps:g}, prepared={self._prepared is not None}"
+
+
+class _FeatureSimilarity(nn.Module):
+    """A measure whose fixed image's features can be computed once (:meth:`prepare`), as :class:`LNCC` does:
+    later calls whose ``fixed`` is that same tensor object (unchanged in place) reuse them."""
+
+    _function: Callable[..., Tensor]  # (fixed, warped, *, mask, **parameters) -> loss
+    _prepare: Callable[..., PreparedFeatures]  # (fixed, **parameters) -> features
+
+    def __init__(self, **parameters) -> None:
+        super().__init__()
+        self.parameters = parameters
+        self._prepared: PreparedFeatures | None = None
+        self._prepared_src: tuple[Tensor, int] | None = None
+
+    def prepare(self, fixed: Tensor) -> PreparedFeatures:
+        """Cache the features of ``fixed`` (B,1,D,H,W) for this module's parameters; returns them."""
+        self._prepared = self._prepare(fixed, **self.parameters)
+        self._prepared_src = (fixed, fixed._version)
+        return self._prepared
+
+    def clear(self) -> None:
+        """Forget the prepared fixed image."""
+        self._prepared = None
+        self._prepared_src = None
+
+    def forward(self, fixed: Tensor | PreparedFeatures, warped: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self._prepared_src is not None and isinstance(fixed, Tensor):
+            src, version = self._prepared_src
+            if fixed is src and fixed._version == version and not fixed.requires_grad:
+                fixed = self._prepared
+        return self._function(fixed, warped, mask=mask, **self.parameters)
+
+    def extra_repr(self) -> str:
+        params = ", ".join(f"{k}={v:g}" for k, v in self.parameters.items())
+        return f"{params}, prepared={self._prepared is not None}"
+
+
+class MIND(_FeatureSimilarity):
+    """MIND-SSC loss (see :func:`nioreg.losses.mind`): mean squared descriptor difference, in [0, 1]."""
+
+    _function = staticmethod(mind)
+    _prepare = staticmethod(prepare_mind)
+
+    def __init__(self, radius: int = 1, dilation: int = 2, eps: float = 1e-6) -> None:
+        super().__init__(radius=radius, dilation=dilation, eps=eps)
+
+
+class NGF(_FeatureSimilarity):
+    """Normalised-gradient-field loss (see :func:`nioreg.losses.ngf`), in [0, 1]."""
+
+    _function = staticmethod(ngf)
+    _prepare = staticmethod(prepare_ngf)
+
+    def __init__(self, eps: float = 0.01) -> None:
+        super().__init__(eps=eps)
+
+
+class MutualInformation(nn.Module):
+    """Negative Parzen-window mutual information (see :func:`nioreg.losses.mutual_information`)."""
+
+    def __init__(self, bins: int = 32, value_range: tuple[float, float] | None = None) -> None:
+        super().__init__()
+        self.bins = bins
+        self.value_range = value_range
+
+    def forward(self, fixed: Tensor, warped: Tensor, mask: Tensor | None = None) -> Tensor:
+        return mutual_information(fixed, warped, bins=self.bins, value_range=self.value_range, mask=mask)
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, value_range={self.value_range}"
 
 
 class Diffusion(nn.Module):

@@ -10,10 +10,12 @@ A new method is one module with a run function plus one :func:`register_method` 
 the command line reads at start-up) load without torch.
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
+    "AffineResult": "affine",
+    "register_affine": "affine",
+    "resample_through_affine": "affine",
     "MIN_SIZE": "api",
     "RegistrationResult": "api",
     "register": "api",
@@ -34,10 +36,4 @@ _EXPORTS = {
     "unregister_method": "registry",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import Volume, resample_to, same_grid
+from ..io import Volume
 from ..io.preprocess import Preprocessing
 from ..progress import progress
-from ..spatial import jacobian_determinant, transform_points, warp, warp_labels
+from ..spatial import field_into_grid, jacobian_determinant, transform_points, warp, warp_labels
 from .feedforward import feedforward
 from .loop import OptimisationLog, Safeguards
 from ..runtime import resolve_layout, resolve_precision
@@ -48,30 +48,39 @@ class RegistrationResult:
     log: OptimisationLog = field(default_factory=OptimisationLog)
     precision: str = "fp32"
     memory_format: str = "contiguous"
+    similarity: dict = field(default_factory=lambda: {"name": "lncc"})
+    """The measure of the objective: name, parameters and scale (:meth:`nioreg.losses.Similarity.describe`)."""
     precision_reason: str = ""
     """Why the network ran in :attr:`precision` (``auto`` decides per device: :func:`nioreg.runtime.resolve_precision`)."""
     memory_format_reason: str = ""
     grid: Volume | None = None
     """The fixed image (set by :func:`nioreg.register_images`): moving-side :class:`~nioreg.io.Volume` s given
     to :meth:`warp` / :meth:`warp_labels` are brought onto it through their headers first."""
+    prealignment: np.ndarray | None = None
+    """The affine stage's fixed-world -> moving-world matrix (RAS mm) that :attr:`displacement` follows."""
 
-    def _on_grid(self, moving: np.ndarray | Tensor | Volume, order: int) -> np.ndarray | Tensor:
+    def _pull(self, moving: np.ndarray | Tensor | Volume) -> tuple[np.ndarray | Tensor, Tensor]:
+        """The array to sample and the pull field that samples it: a Volume on its own grid is sampled directly
+        (through the headers and :attr:`prealignment`), with one interpolation."""
         if not isinstance(moving, Volume):
-            return moving
+            return moving, self.displacement
         if self.grid is None:
-            raise ValueError("this result has no fixed grid to resample a Volume onto: pass an array on the fixed "
+            raise ValueError("this result has no fixed grid to bring a Volume onto: pass an array on the fixed "
                              "grid, or register with nioreg.register_images")
-        return moving.array if same_grid(moving, self.grid) else resample_to(moving, self.grid, order=order).array
+        prealignment = np.eye(4) if self.prealignment is None else self.prealignment
+        to_voxels = np.linalg.inv(moving.affine) @ prealignment @ self.grid.affine
+        return moving.array, field_into_grid(self.displacement, to_voxels)
 
     def warp(self, moving: np.ndarray | Tensor | Volume) -> np.ndarray:
         """Warp a moving-side image (trilinear): an array on the fixed grid, or a Volume; returns float32."""
-        volume = _as_volume_tensor(self._on_grid(moving, 1), self.displacement.device)
-        return warp(volume, self.displacement)[0, 0].cpu().numpy()
+        array, pull = self._pull(moving)
+        return warp(_as_volume_tensor(array, pull.device), pull)[0, 0].cpu().numpy()
 
     def warp_labels(self, labels: np.ndarray | Tensor | Volume) -> np.ndarray:
         """Warp an integer label map (nearest neighbour, every label code kept exactly, its integer type kept)."""
-        t = torch.as_tensor(_integer_labels(self._on_grid(labels, 0))).to(self.displacement.device)[None, None]
-        return warp_labels(t, self.displacement)[0, 0].cpu().numpy()
+        array, pull = self._pull(labels)
+        t = torch.as_tensor(_integer_labels(array)).to(pull.device)[None, None]
+        return warp_labels(t, pull)[0, 0].cpu().numpy()
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """Fixed-image voxel points (N, 3) -> where they are in the moving image (pull direction)."""
@@ -92,6 +101,7 @@ class RegistrationResult:
             "precision": self.precision,
             "precision_reason": self.precision_reason,
             "memory_format": self.memory_format,
+            "similarity": self.similarity,
             "memory_format_reason": self.memory_format_reason,
             "seconds_total": self.seconds,
             "seconds_feedforward": self.feedforward_seconds,
@@ -136,7 +146,10 @@ def scale_to_unit(volume: Tensor) -> Tensor:
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU on this machine")
     return device
@@ -161,6 +174,7 @@ def register(
     scale_intensities: bool = True,
     precision: str | None = None,
     memory_format: str | None = None,
+    similarity: str | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (3-D arrays on the same grid) with a LapIRN-family ``model``.
 
@@ -179,11 +193,12 @@ def register(
     (:func:`nioreg.runtime.resolve_precision`). ``memory_format`` lays the network's activations and weights
     out as ``"channels_last"`` or ``"contiguous"``; ``"auto"`` picks what was measured faster on the device
     (:func:`nioreg.runtime.resolve_layout`). The choices and their reasons are in the result (``summary()``).
-    The model itself is never modified.
+    ``similarity`` names the measure S of the objective (``"lncc"`` by default; ``"mind"``, ``"ngf"``,
+    ``"mi"``: :mod:`nioreg.losses.similarity`). The model itself is never modified.
     """
     opts = (options or RegistrationOptions()).updated(
         method=method, iterations=iterations, lr=lr, lam=lam, device=device, seed=seed, smoothing=smoothing,
-        precision=precision, memory_format=memory_format)
+        precision=precision, memory_format=memory_format, similarity=similarity)
     entry, iters, step = opts.entry, opts.resolved_iterations(), opts.resolved_lr()
     _check_recorded_preprocessing(model, scale_intensities)
     dev = resolve_device(opts.device)
@@ -197,10 +212,7 @@ def register(
     bar = _progress_bar(pair, opts.method, sum(iters)) if progress and entry.optimises else None
 
     started = time.perf_counter()
-    network_field = feedforward(pair, model)
-    with torch.no_grad():
-        ff = pair.smooth(network_field)
-    _sync(dev)
+    network_field, ff = _feedforward_fields(pair, model, dev)
     ff_seconds = time.perf_counter() - started
     ff_loss = pair.loss_of(ff)
 
@@ -219,6 +231,7 @@ def register(
         feedforward_seconds=ff_seconds, feedforward_loss=ff_loss, final_loss=final_loss,
         fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=arithmetic,
         memory_format=layout_name, precision_reason=arithmetic_reason, memory_format_reason=layout_reason,
+        similarity=pair.measure.describe(),
     )
 
 
@@ -245,7 +258,8 @@ def _make_pair(fixed, moving, mask, dev: torch.device, opts: RegistrationOptions
     if scale_intensities:
         fixed_t, moving_t = scale_to_unit(fixed_t), scale_to_unit(moving_t)
     return Pair(fixed_t, moving_t, lam=opts.lam, mask=mask_t, safeguards=safeguards or Safeguards(),
-                smoothing=_smoothing_model(opts.smoothing), precision=opts.precision, memory_format=layout)
+                smoothing=_smoothing_model(opts.smoothing), precision=opts.precision, memory_format=layout,
+                similarity=opts.similarity)
 
 
 def _smoothing_model(value: Callable[[Tensor], Tensor] | str | None) -> Callable[[Tensor], Tensor] | None:
@@ -266,6 +280,15 @@ def _progress_bar(pair: Pair, method: str, total: int):
 
     pair.on_iteration = on_iteration
     return bar
+
+
+def _feedforward_fields(pair: Pair, model: nn.Module, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The network's raw field and the feed-forward result (the raw field through the deformation model)."""
+    network_field = feedforward(pair, model)
+    with torch.no_grad():
+        ff = pair.smooth(network_field)
+    _sync(device)
+    return network_field, ff
 
 
 def _sync(device: torch.device) -> None:

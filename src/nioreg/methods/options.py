@@ -26,6 +26,8 @@ class RegistrationOptions:
     ``iterations``/``lr`` = ``None``: the method's defaults, or its ``preset`` counts when ``preset`` names
     one (:meth:`nioreg.methods.registry.MethodEntry.iterations_for`). ``smoothing``: a deformation model
     applied to every field (``None``, ``"bspline"`` or a callable, see :func:`nioreg.spatial.resolve_smoothing`).
+    ``similarity``: the measure S of the objective by name (:mod:`nioreg.losses.similarity`; validated there,
+    lazily, so that this module stays free of torch).
     ``precision``: the network's arithmetic, ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: bf16 where the
     device computes it natively, else fp32 (:func:`nioreg.runtime.resolve_precision`). Only the network runs
     in bf16: its field is returned in fp32, and the loss, the warp of the full-resolution images and the
@@ -43,8 +45,12 @@ class RegistrationOptions:
     precision: str = "auto"
     memory_format: str = "auto"
     smoothing: str | Callable | None = None
+    similarity: str = "lncc"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.similarity, str) or not self.similarity.strip():
+            raise ValueError(f"similarity must be a measure's name (e.g. lncc, mind, ngf, mi), got {self.similarity!r}")
+        object.__setattr__(self, "similarity", self.similarity.strip().lower())  # checked by name when it is used
         if self.iterations is not None and not isinstance(self.iterations, tuple):
             counts = [self.iterations] if isinstance(self.iterations, int) else list(self.iterations)
             object.__setattr__(self, "iterations", tuple(int(i) for i in counts))

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..losses import PreparedFixed, prepare_fixed, registration_loss
+from ..losses import Similarity, registration_loss
 from ..spatial import warp
 from .loop import OptimisationLog, Safeguards
 from .network import PairNetwork
@@ -40,7 +40,12 @@ class Pair:
     memory_format: torch.memory_format = torch.contiguous_format
     """Layout of the network's inputs (:func:`nioreg.methods.network.resolve_memory_format`)."""
 
-    _prepared: PreparedFixed | None = field(default=None, init=False, repr=False)
+    similarity: str | Similarity = "lncc"
+    """The similarity measure S of the objective: a registered name (:mod:`nioreg.losses.similarity`) or a
+    :class:`~nioreg.losses.Similarity` with its parameters. Its scale is part of S."""
+
+    _measure: Similarity | None = field(default=None, init=False, repr=False)
+    _prepared: object = field(default=None, init=False, repr=False)
 
     def network(self, model: nn.Module) -> PairNetwork:
         """``model`` bound to this pair (padding, units, precision, memory layout)."""
@@ -50,12 +55,20 @@ class Pair:
         """``disp`` through :attr:`smoothing` (unchanged when there is none)."""
         return disp if self.smoothing is None else self.smoothing(disp)
 
+    @property
+    def measure(self) -> Similarity:
+        """:attr:`similarity` as a :class:`~nioreg.losses.Similarity` (built once)."""
+        if self._measure is None:
+            sim = self.similarity
+            self._measure = sim if isinstance(sim, Similarity) else Similarity(sim)
+        return self._measure
+
     def objective(self, disp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(1 − λ)·LNCC(F, M∘φ) + λ·diffusion(u), always on the full-resolution fixed grid (Eq. 3)."""
-        if self._prepared is None:  # the fixed image's window statistics never change during a registration
-            self._prepared = prepare_fixed(self.fixed)
+        """(1 − λ)·S(F, M∘φ) + λ·diffusion(u), always on the full-resolution fixed grid (Eq. 3); S = LNCC by default."""
+        if self._prepared is None:  # the fixed image's part of S (LNCC window statistics...) never changes
+            self._prepared = self.measure.prepare(self.fixed)
         warped = warp(self.moving, disp)
-        return registration_loss(self._prepared, warped, disp, lam=self.lam, mask=self.mask)
+        return registration_loss(self._prepared, warped, disp, lam=self.lam, mask=self.mask, similarity=self.measure)
 
     @torch.no_grad()
     def loss_of(self, disp: Tensor) -> float:

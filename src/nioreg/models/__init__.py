@@ -10,8 +10,7 @@ code that needs a level's images exactly as the network sees them (e.g. the trai
 Names are imported lazily, so that the registry, the cache and ``nioreg models`` load without torch.
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "FORMAT": "files",
@@ -52,11 +51,4 @@ _EXPORTS = {
     "import_model_file": "cache",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module, _, attribute = _EXPORTS[name].partition(":")  # "module:attribute" when the names differ
-        return getattr(import_module(f".{module}", __name__), attribute or name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

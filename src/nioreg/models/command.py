@@ -10,12 +10,12 @@ from pathlib import Path
 
 import typer
 
-from ..console import fail, user_errors
+from ..console import TYPER_SETTINGS, fail, interrupted, user_errors
 
 __all__ = ["models_app"]
 
 models_app = typer.Typer(
-    add_completion=False, no_args_is_help=True,
+    add_completion=False, no_args_is_help=True, **TYPER_SETTINGS,
     help="Pretrained models by name: list them, fetch (download once) or import them, show their details. "
          "Use a name wherever a model file goes: nioreg register --model NAME.")
 
@@ -62,9 +62,7 @@ def fetch(
             return
         path = fetch_model(name, progress=not quiet)
     except KeyboardInterrupt:
-        typer.echo(f"nioreg: interrupted; nothing was installed. Run `nioreg models fetch {name}` again to "
-                   "resume the download.", err=True)
-        raise typer.Exit(130) from None
+        interrupted(f"nothing was installed. Run `nioreg models fetch {name}` again to resume the download.")
     except user_errors() as error:
         fail(str(error))
     typer.echo(f"installed {name}: {path} (SHA-256 {entry.sha256} verified)")

@@ -16,6 +16,7 @@ its file and variant (:func:`nioreg.models.cache.resolve_model`).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -126,8 +127,20 @@ def _read(path: Path, map_location: Any) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        refused = _refused_global(str(exc))
+        if refused is not None:
+            raise _fail(path, f"refused: it holds a pickled Python object ({refused}), and nioreg loads only tensors "
+                              "and plain values, so that a model file can never run code. Re-save the weights as a "
+                              "plain state_dict (torch.save(model.state_dict(), path)) in the environment that made "
+                              "the file, if you trust it") from None
         raise _fail(path, "not a readable PyTorch model file (corrupt, truncated or another format): "
                           + _short_reason(exc)) from None
+
+
+def _refused_global(text: str) -> str | None:
+    """The Python object a weights-only load refused (torch's message then advises allow-listing it; we do not)."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    return match.group(1) if match else None
 
 
 def _short_reason(exc: BaseException) -> str:
@@ -138,6 +151,8 @@ def _short_reason(exc: BaseException) -> str:
         return f"content that is not plain tensors/values ({detail or 'unsupported pickle'})"
     if not text:
         return "empty or truncated file" if isinstance(exc, EOFError) else type(exc).__name__
+    if isinstance(exc, KeyError):  # the unpickler's opcode table: the bytes are not a pickle at all
+        return "its bytes are not a pickle (a text file, an image, or another format?)"
     line = text.splitlines()[0]
     return line if len(line) <= 200 else line[:200] + "..."
 
@@ -242,7 +257,9 @@ def _model_from_nioreg(path: Path, obj: Mapping[str, Any], variant: str | None, 
         want = OFFICIAL_VARIANTS[variant]
         got = {k: cfg[k] for k in ("variant", "conditional", "lite")}
         if any(cfg[k] != want[k] for k in got):
-            raise _fail(path, f"the file holds a {got} model, not variant {variant!r}")
+            held = f"{cfg['variant']}{' conditional' if cfg['conditional'] else ''}{' lite' if cfg['lite'] else ''}"
+            raise _fail(path, f"the file holds a {held} model, not variant {variant!r}; leave --variant out "
+                              "(a nioreg model file records its own)")
     if start_channel is not None and start_channel != cfg["start_channel"]:
         raise _fail(path, f"the file holds start_channel {cfg['start_channel']}, not {start_channel}")
     sd = obj["state_dict"]
@@ -309,6 +326,7 @@ def _load_file(path: Path, variant: str | None, start_channel: int | None, map_l
             raise _fail(path, "this is a plain state_dict (an official LapIRN checkpoint?); its architecture is not "
                               "stored in the file, so pass variant='disp', 'diff' or 'clapirn-lite' "
                               f"(CLI: --variant){hint}")
+        _warn_if_variant_contradicts(path, variant)
         model = _model_from_official(path, obj, variant, start_channel)
         model.metadata = {"source": "official", "source_file": path.name, "variant": variant}
     elif isinstance(obj, Mapping):
@@ -318,6 +336,21 @@ def _load_file(path: Path, variant: str | None, start_channel: int | None, map_l
         raise _fail(path, f"unknown content: a {type(obj).__name__}, not a nioreg model file or a state_dict")
     model.eval()
     return model
+
+
+def _warn_if_variant_contradicts(path: Path, variant: str) -> None:
+    """disp and diff checkpoints have the same weights' shapes, so a wrong ``variant`` would run silently."""
+    if variant not in ("disp", "diff"):
+        return  # other variants have other weights' shapes: loading fails with its own message
+    known = entry_for_file(path)
+    if known is not None and known.variant in ("disp", "diff") and known.variant != variant:
+        warnings.warn(f"model file '{path}' is the published {known.name} checkpoint (variant {known.variant}), "
+                      f"but variant {variant!r} was given; its fields will be wrong unless you meant it", stacklevel=3)
+        return
+    named = [v for v in ("disp", "diff") if v in path.name.lower()]
+    if named and variant not in named:
+        warnings.warn(f"model file '{path}' is named like a {named[0]} checkpoint, but variant {variant!r} was "
+                      "given (disp and diff weights look alike; a wrong variant gives wrong fields)", stacklevel=3)
 
 
 def import_official(checkpoint: str | os.PathLike, variant: str, out: str | os.PathLike,

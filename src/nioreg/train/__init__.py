@@ -3,8 +3,7 @@
 Names are imported lazily, so that ``nioreg.train.command`` (the CLI command) loads without torch.
 """
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "PairSampler": "trainer",
@@ -24,10 +23,4 @@ _EXPORTS = {
     "ValidationSet": "data",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

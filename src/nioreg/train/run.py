@@ -27,6 +27,7 @@ import torch
 import typer
 
 from ..io import InputError, read_dataset, write_json_atomic
+from ..losses import Similarity
 from ..io.preprocess import Preprocessing
 from ..io.write import plain_values
 from ..models import LapIRN, build_model, save_model
@@ -291,7 +292,7 @@ def _run_info(opts: TrainOptions, data_info: dict, device: torch.device, world: 
         "preprocessing": prep.to_dict(),
         "preprocessing_text": prep.describe(),
         "network_input_shape": [int(math.ceil(n / 8) * 8) for n in data_info["image_shape"]],
-        "training": {**cfg.to_dict(), "objective": "(1 - lambda) * LNCC + lambda * diffusion (half-voxel units)",
+        "training": {**cfg.to_dict(), "objective": _objective_text(cfg.similarity),
                      "optimizer": "Adam", "schedule": "coarse to fine: level 1, level 2, level 3",
                      "conditional_lambda": "uniform in lambda_range per step" if opts.conditional else None,
                      "stop_after": opts.stop_after},
@@ -401,3 +402,11 @@ def _grid_of(sample):
     from ..io import Volume
 
     return Volume(sample.image[0, 0].numpy(), sample.affine)
+
+
+def _objective_text(similarity: str) -> str:
+    """The trained objective in words, with the measure's parameters and scale (model metadata)."""
+    measure = Similarity(similarity).describe()
+    scale = "" if measure["scale"] == 1.0 else f"{measure['scale']:g} * "
+    params = ", ".join(f"{k}={v}" for k, v in measure["parameters"].items())
+    return f"(1 - lambda) * {scale}{similarity.upper()}({params}) + lambda * diffusion (half-voxel units)"

@@ -50,7 +50,7 @@ from ..defaults import DEFAULT_LAMBDA
 from ..progress import progress
 from ..io import InputError
 from ..io.write import atomic_write, plain_values
-from ..losses import registration_loss
+from ..losses import Similarity, get_similarity, registration_loss
 from ..models import LapIRN, official_to_voxel, pyramid_downsample
 from ..spatial import warp
 
@@ -80,6 +80,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     val_every: int = 0
     deterministic: bool = False
+    similarity: str = "lncc"
 
     def __post_init__(self) -> None:
         its = list(self.iterations)
@@ -96,6 +97,7 @@ class TrainConfig:
         self.lambda_range = (lo, hi)
         if self.window < 1 or self.window % 2 == 0:
             raise ValueError(f"the LNCC window must be an odd integer >= 1, got {self.window}")
+        self.similarity = get_similarity(self.similarity).name  # ValueError listing the measures
         for key in ("log_every",):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -138,11 +140,12 @@ def _bare(model: nn.Module) -> LapIRN:
 
 
 def level_loss(model: nn.Module, fixed: Tensor, moving: Tensor, level: int, lam: float, *, window: int = 7,
-               mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               mask: Tensor | None = None, similarity: str = "lncc") -> tuple[Tensor, Tensor, Tensor]:
     """Objective of level ``level`` at its own resolution (voxel units of that level): ``(total, sim, reg)``.
 
     ``model`` may be a ``DistributedDataParallel`` wrapper. ``window`` is clamped to fit the level
     (:func:`lncc_window`); ``mask`` (full resolution) is average-pooled to the level as similarity weights.
+    ``similarity`` names the measure S (:mod:`nioreg.losses.similarity`, scale included); ``window`` is LNCC's.
     """
     conditional = _bare(model).config["conditional"]
     flow = model(moving, fixed, level=level, lam=lam if conditional else None)
@@ -155,8 +158,9 @@ def level_loss(model: nn.Module, fixed: Tensor, moving: Tensor, level: int, lam:
             weights = pyramid_downsample(weights)
         if not bool(weights.sum() > 0):
             weights = None
+    measure = None if similarity == "lncc" else Similarity(similarity)
     return registration_loss(fixed_l, warp(moving_l, disp), disp, lam=lam,
-                             window=lncc_window(window, fixed_l.shape[2:]), mask=weights)
+                             window=lncc_window(window, fixed_l.shape[2:]), mask=weights, similarity=measure)
 
 
 def step_rng(seed: int, level: int, step: int, rank: int = 0) -> np.random.Generator:
@@ -224,6 +228,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if obj.get("version") != CHECKPOINT_VERSION:
         raise InputError(f"checkpoint '{path}': unsupported version {obj.get('version')!r}")
     return obj
+
+
+def _with_defaults_of_later_versions(identity: Any) -> Any:
+    """A checkpoint's identity with the options added since it was written set to their defaults then."""
+    if isinstance(identity, dict) and isinstance(identity.get("config"), dict):
+        identity = {**identity, "config": {"similarity": "lncc", **identity["config"]}}
+    return identity
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -338,7 +349,7 @@ class Trainer:
 
     def _resume(self, ckpt: dict) -> None:
         """Take over the state saved in ``ckpt`` (``InputError`` when it belongs to another run)."""
-        diff = _differences(ckpt["identity"], self.identity)
+        diff = _differences(_with_defaults_of_later_versions(ckpt["identity"]), self.identity)
         if diff:
             raise InputError(f"checkpoint '{self.checkpoint_path}' belongs to a different run: {', '.join(diff[:6])} "
                              "differ; resume with the same options (or choose another --out)")
@@ -410,10 +421,11 @@ class Trainer:
         sample = self.sample_pair(rng)
         fixed, moving = sample[0].to(self.device), sample[1].to(self.device)
         mask = sample[2].to(self.device) if len(sample) > 2 and sample[2] is not None else None
-        total, sim, reg = level_loss(net, fixed, moving, level, lam, window=cfg.window, mask=mask)
+        total, sim, reg = level_loss(net, fixed, moving, level, lam, window=cfg.window, mask=mask,
+                                     similarity=cfg.similarity)
         if not torch.isfinite(total):
-            raise RuntimeError(f"training diverged at level {level}, step {step + 1}: the loss is "
-                               f"{float(total)}; lower --lr or check the images")
+            raise InputError(f"training diverged at level {level}, step {step + 1}: the loss is "
+                             f"{float(total)}; lower --lr or check the images")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         if step < cfg.freeze_steps:  # official freeze_step: the lower levels wait
