@@ -21,6 +21,7 @@ Prints Markdown rows for BENCHMARKS.md and writes benchmarks/results/network_<de
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ def worker(config: dict) -> dict:
     from nioreg.methods.api import scale_to_unit
     from nioreg.methods.network import in_memory_format, memory_format_name, resolve_memory_format
 
-    from nioreg.runtime import apply_threads, resolve_precision
+    from nioreg.runtime import apply_threads, cpu_features, resolve_precision
 
     apply_threads(config["threads"])
     device = torch.device(config["device"])
@@ -87,7 +88,8 @@ def worker(config: dict) -> dict:
            "median_seconds": statistics.median(times[config["warmup"]:]), "seconds": times[config["warmup"]:],
            "memory_format_used": memory_format_name(layout),
            "precision_used": resolve_precision(config["precision"], device)[0],
-           "torch": torch.__version__, "machine": machine()}
+           "torch": torch.__version__, "machine": machine(), "cpu": cpu_features(),
+           "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
     if reference is not None:
         row["max_abs_diff_vs_fp32_voxels"] = float((out - reference).abs().max())
     if device.type == "cuda":
@@ -97,7 +99,12 @@ def worker(config: dict) -> dict:
 
 
 def _key(row: dict) -> tuple:
-    return row["part"], row["precision"], row["memory_format_used"], row["compile"], row["threads"]
+    """Rows of the same configuration replace each other; rows from before CPU features were recorded: AVX512.
+
+    Runs under ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA`` caps (simulating other CPUs) keep their own rows."""
+    capability = row.get("cpu", {}).get("torch_capability", "AVX512")
+    return (row["part"], row["precision"], row["memory_format_used"], row["compile"], row["threads"], capability,
+            row.get("onednn_max_cpu_isa"))
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import os
 import shlex
 import statistics
 import sys
@@ -142,19 +143,23 @@ def worker(config: dict) -> dict:
     for name, (net, options) in paths.items():  # oneDNN builds its kernels on first use
         _time_path(net, fixed, moving, dataclasses.replace(options, method="ff", iterations=None))
     times: dict[str, list[float]] = {"reference": [], "nioreg": []}
-    results = {}
+    results, loads = {}, []  # loads: [path, 1-minute load average before, after] per timed run (ours included)
     for round_index in range(config["rounds"]):
         order = ("reference", "nioreg") if round_index % 2 == 0 else ("nioreg", "reference")
         for name in order:
             net, options = paths[name]
+            load_before = os.getloadavg()[0]
             seconds, results[name] = _time_path(net, fixed, moving, options)
             times[name].append(seconds)
-            print(f"{config['case']} round {round_index}: {name} {seconds:.2f} s", file=sys.stderr, flush=True)
+            loads.append([name, load_before, os.getloadavg()[0]])
+            print(f"{config['case']} round {round_index}: {name} {seconds:.2f} s (load average {load_before:.1f} -> "
+                  f"{loads[-1][2]:.1f})", file=sys.stderr, flush=True)
     cpu = cpu_features()
     flops = registration_flops(reference_model, tuple(fixed.shape), method, iterations)
     row = {**config, "method": method, "iterations": list(iterations or []), "data": description,
            "shape": list(fixed.shape), "threads_used": threads, "cpu": cpu, "conv_gflop": flops / 1e9,
-           "dice_before": mean_dice(fixed_labels, moving_labels), "torch": torch.__version__, "machine": machine()}
+           "dice_before": mean_dice(fixed_labels, moving_labels), "load_average": loads, "torch": torch.__version__,
+           "machine": machine()}
     for name, result in results.items():
         seconds = statistics.median(times[name])
         peak, how = peak_flops(cpu, threads["threads"], result.precision)

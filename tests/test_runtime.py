@@ -180,7 +180,8 @@ def test_explicit_bf16_on_the_command_line_warns_once_in_one_line(nifti_pair, tm
     assert len(slow) == 1
     line = _one_line_warning(slow[0].message, slow[0].category, slow[0].filename, slow[0].lineno)
     assert line.startswith("nioreg: warning: bf16 on this cpu is emulated") and line.count("\n") == 1
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["precision_reason"].startswith("asked for; emulated")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["precision_reason"].startswith("asked for; emulated")
 
 
 @pytest.mark.parametrize("command", ["register", "demo", "train", "evaluate"])

@@ -64,5 +64,5 @@ def start_command(threads: Optional[int]) -> dict:
         fail(str(error))
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 - formatwarning's signature
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 (formatwarning's)
     return f"nioreg: warning: {message}\n"
