@@ -8,9 +8,16 @@ OASIS-trained LapIRN through ``nioreg evaluate`` three times:
 
 - ``unshifted``: the original files (the reference rows);
 - ``shifted_none``: the moved files with ``--affine none`` (what nioreg did before the affine stage existed);
-- ``shifted_affine``: the moved files with ``--affine affine``.
+- ``shifted_affine``: the moved files with ``--affine affine``;
+- ``ants``: the moved files through ANTs' own affine + SyN (``--ants``, default ``syn@transform=SyN``; needs
+  ``pip install 'nioreg[ants]'``). The harness hands every method the moving image resampled onto the fixed
+  grid through its header, so ANTs sees what nioreg's deformable stage would see without the affine stage.
 
     python benchmarks/bench_shifted_lpba.py --subjects S02,S03,S04 --methods "ff;io:200;nio_m:100,60,30" --threads 2
+
+``--runs`` picks runs (e.g. two processes with one thread each: ``--runs unshifted`` and
+``--runs shifted_none,shifted_affine,ants``); every run resumes where it stopped, and the table shows every
+run found on disk.
 
 Output: runs/shifted_lpba_x<factor>/ (git-ignored: derived LPBA40 images), one evaluation folder per run,
 and a table (per subject and mean Dice) printed and written to benchmarks/results/shifted_lpba.json.
@@ -71,36 +78,31 @@ def evaluate(data: Path, out: Path, subjects: list[str], methods: list[str], aff
     run = run_brain(dataset=data, atlas=["S01"], model=weights, variant="disp", methods=methods, out=out,
                     reference=None, subjects=subjects, affine=affine, device=args.device, threads=args.threads,
                     progress=False, echo=lambda *a: None)
+    return {**read_cases(out), "summary": run["summary"] if run else None}
+
+
+def read_cases(out: Path) -> dict:
+    """The per-pair rows of one evaluation folder (method, subject, mean Dice, seconds)."""
     with (out / "cases.csv").open() as handle:
-        cases = [{k: row[k] for k in ("method", "subject", "dice_mean")} for row in csv.DictReader(handle)]
-    return {"summary": run["summary"] if run else None, "cases": cases}
+        keys = ("method", "subject", "dice_mean", "seconds")
+        cases = [{k: row.get(k) for k in keys} for row in csv.DictReader(handle)]
+    return {"cases": cases}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--factor", type=int, default=2)
-    parser.add_argument("--subjects", default="S02,S03,S04")
-    parser.add_argument("--methods", default="ff;io:200;nio_m:100,60,30")
-    parser.add_argument("--rotation", type=float, default=20.0)
-    parser.add_argument("--scale", type=float, default=0.15)
-    parser.add_argument("--shift", type=float, default=25.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
+RUNS = {  # name: (dataset, affine stage, which methods)
+    "unshifted": ("original", "none", "methods"),
+    "shifted_none": ("shifted", "none", "first"),
+    "shifted_affine": ("shifted", "affine", "methods"),
+    "ants": ("shifted", "none", "ants"),
+}
+
+
+def run_methods(name: str, args) -> list[str]:
     methods = [m.strip() for m in args.methods.split(";") if m.strip()]
-    out = HERE.parent / "runs" / f"shifted_lpba_x{args.factor}"
-    data = prepare(out, args.factor, subjects)
-    shifted, moves = shift_dataset(data, out, subjects, args)
-    runs = {"unshifted": evaluate(data, out / "unshifted", subjects, methods, "none", args),
-            "shifted_none": evaluate(shifted, out / "shifted_none", subjects, methods[:1], "none", args),
-            "shifted_affine": evaluate(shifted, out / "shifted_affine", subjects, methods, "affine", args)}
-    result = {"machine": machine(), "command": " ".join(sys.argv), "subjects": subjects, "methods": methods,
-              "moves_world": moves, "runs": runs}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "shifted_lpba.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"machine: {result['machine']}")
+    return {"methods": methods, "first": methods[:1], "ants": [args.ants]}[RUNS[name][2]]
+
+
+def print_table(runs: dict, subjects: list[str]) -> None:
     print("| run | method | " + " | ".join(subjects) + " | mean |")
     print("| --- " * (len(subjects) + 3) + "|")
     for name, run in runs.items():
@@ -110,6 +112,41 @@ def main() -> None:
         for method, values in by_method.items():
             cells = " | ".join(f"{values.get(s, float('nan')):.3f}" for s in subjects)
             print(f"| {name} | {method} | {cells} | {np.mean(list(values.values())):.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--factor", type=int, default=2)
+    parser.add_argument("--subjects", default="S02,S03,S04")
+    parser.add_argument("--methods", default="ff;io:200;nio_m:100,60,30")
+    parser.add_argument("--ants", default="syn@transform=SyN",
+                        help="the ANTs run's method spec (ANTs' own affine + SyN on the shifted files)")
+    parser.add_argument("--runs", default=",".join(RUNS),
+                        help="which runs (each resumes where it stopped; the table shows every run on disk)")
+    parser.add_argument("--rotation", type=float, default=20.0)
+    parser.add_argument("--scale", type=float, default=0.15)
+    parser.add_argument("--shift", type=float, default=25.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
+    out = HERE.parent / "runs" / f"shifted_lpba_x{args.factor}"
+    data = prepare(out, args.factor, subjects)
+    shifted, moves = shift_dataset(data, out, subjects, args)
+    folders = {"original": data, "shifted": shifted}
+    runs = {}
+    for name, (dataset, affine, _) in RUNS.items():
+        if name in args.runs.split(","):
+            runs[name] = evaluate(folders[dataset], out / name, subjects, run_methods(name, args), affine, args)
+        elif (out / name / "cases.csv").is_file():
+            runs[name] = read_cases(out / name)
+    result = {"machine": machine(), "command": " ".join(sys.argv), "subjects": subjects,
+              "methods": args.methods, "moves_world": moves, "runs": runs}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "shifted_lpba.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"machine: {result['machine']}")
+    print_table(runs, subjects)
 
 
 if __name__ == "__main__":

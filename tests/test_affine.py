@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 from nioreg.data import make_brain_phantom, random_smooth_displacement
 from nioreg.io import InputError, Volume
 from nioreg.io.transforms import load_itk_composite, save_itk_composite
-from nioreg.methods.affine import moments_candidates, register_affine, resample_through_affine
+from nioreg.methods.affine import _crop_to_support, moments_candidates, register_affine, resample_through_affine
 from nioreg.spatial import warp
 
 SPACING = 4.5
@@ -75,6 +75,27 @@ def test_recovers_a_header_with_left_right_and_front_back_flipped(phantom):
     assert result.initialisation["chosen"] != 0  # not the identity rotation
     assert errors_mm(ph, fixed, result.matrix, true).mean() < 1.0
     assert np.linalg.det(result.matrix[:3, :3]) > 0
+
+
+def test_the_empty_border_of_the_fixed_image_is_cut_off_without_moving_anything(phantom):
+    ph, fixed = phantom
+    padded = Volume(np.pad(ph.image, 10), fixed.affine @ _translation(-10), path="padded.nii.gz")
+    cropped = _crop_to_support(padded, margin=2)
+    assert cropped.shape < padded.shape
+    for volume in (padded, cropped):  # the brightest voxel stays at the same world point
+        index = np.array(np.unravel_index(np.argmax(volume.array), volume.shape) + (1,))
+        assert np.allclose((volume.affine @ index)[:3], (fixed.affine @ np.array(
+            np.unravel_index(np.argmax(ph.image), ph.image.shape) + (1,)))[:3])
+    true = known_affine((10, 0, 0), (1.0, 1.0, 1.0), (5, 0, 0))
+    moving = Volume(ph.image, true @ fixed.affine, path="moving.nii.gz")
+    on_padded = register_affine(padded, moving, **FAST)
+    assert errors_mm(ph, fixed, on_padded.matrix, true).mean() < 1.0
+
+
+def _translation(voxels: int) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, 3] = voxels
+    return out
 
 
 def test_moments_candidates_are_proper_rotations_matching_the_centres():

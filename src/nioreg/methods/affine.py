@@ -45,6 +45,10 @@ TRANSLATION_UNIT_MM = 50.0
 lr 0.01) as it turns in centiradians: both kinds of parameter then converge at the same pace."""
 MIN_OVERLAP = 0.01
 MIN_LEVEL_VOXELS = 16
+SUPPORT = 0.01
+"""The similarity is computed on the box around the fixed voxels above 1 % of the range (plus a margin): where
+the fixed image is constant, LNCC has no gradient, so the empty border of a skull-stripped or padded image only
+costs time (a 256³ FreeSurfer volume holds its brain in about a fifth of the voxels)."""
 """A level of the affine pyramid is never coarser than 16 voxels along the fixed image's shortest axis."""
 
 
@@ -120,7 +124,7 @@ def _names(fixed: Volume, moving: Volume) -> str:
 
 def _level(fixed: Volume, moving: Volume, spacing: float, device: torch.device) -> _Level:
     prep = Preprocessing(spacing=(spacing,) * 3)
-    f = prep.image(fixed, name=f"fixed image '{fixed.path}'")
+    f = _crop_to_support(prep.image(fixed, name=f"fixed image '{fixed.path}'"), margin=4)
     m = prep.image(moving, name=f"moving image '{moving.path}'")
 
     def tensor(v: Volume) -> Tensor:
@@ -129,6 +133,20 @@ def _level(fixed: Volume, moving: Volume, spacing: float, device: torch.device) 
     as64 = dict(dtype=torch.float64, device=device)
     return _Level(spacing, tensor(f), tensor(m), torch.as_tensor(f.affine, **as64),
                   torch.as_tensor(np.linalg.inv(m.affine), **as64), identity_grid(f.shape, device, torch.float64))
+
+
+def _crop_to_support(volume: Volume, margin: int) -> Volume:
+    """``volume`` cut to the box of its voxels above :data:`SUPPORT` grown by ``margin`` voxels (LNCC's window
+    radius is 3), its affine moved with the box; the whole volume when nothing is above it."""
+    inside = np.nonzero(volume.array > SUPPORT)
+    if not inside[0].size:
+        return volume
+    low = [max(int(i.min()) - margin, 0) for i in inside]
+    high = [min(int(i.max()) + margin + 1, n) for i, n in zip(inside, volume.shape)]
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.affine[:3, :3] @ np.array(low, dtype=np.float64) + volume.affine[:3, 3]
+    box = tuple(slice(lo, hi) for lo, hi in zip(low, high))
+    return Volume(np.ascontiguousarray(volume.array[box]), affine, volume.path)
 
 
 def _warp(level: _Level, matrix: Tensor) -> Tensor:
