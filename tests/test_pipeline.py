@@ -501,3 +501,24 @@ def test_the_inverse_transform_maps_points_back(files, tmp_path):
     affine = sitk.ReadTransform(str(out / "affine.txt"))
     point = (5.0, -4.0, 2.0)
     np.testing.assert_allclose(inverse_affine.TransformPoint(affine.TransformPoint(point)), point, atol=1e-6)
+
+
+def test_labels_off_the_fixed_grid_are_sampled_once_through_headers_and_displacement(tmp_path):
+    """A moving label map half a voxel off the fixed grid and a displacement of +0.5 voxel: every fixed voxel x
+    pulls from moving voxel x + 1 exactly. Resampling onto the fixed grid first and warping that would round
+    twice (half to even both times) and misplace every other slice."""
+    from nioreg.pipeline import load_inputs
+
+    rng = np.random.default_rng(0)
+    image = rng.random((20, 20, 20)).astype(np.float32)
+    labels = rng.integers(0, 50, (20, 20, 20)).astype(np.int32)
+    offset = np.eye(4)
+    offset[0, 3] = -0.5
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "fixed.nii.gz")
+    nib.save(nib.Nifti1Image(image, offset), tmp_path / "moving.nii.gz")
+    nib.save(nib.Nifti1Image(labels, offset), tmp_path / "labels.nii.gz")
+    inputs = load_inputs(tmp_path / "fixed.nii.gz", tmp_path / "moving.nii.gz", moving_labels=tmp_path / "labels.nii.gz")
+    displacement = torch.zeros(1, 3, 20, 20, 20)
+    displacement[:, 0] = 0.5
+    warped = inputs.warp_moving_labels(displacement)
+    assert np.array_equal(warped[:-1], labels[1:])

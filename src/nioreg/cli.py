@@ -103,7 +103,7 @@ def register(
     inverse: bool = typer.Option(False, "--inverse", help="Also write the moving -> fixed transform "
                                  "(inverse_displacement_itk.nii.gz on the moving grid, inverse_affine.txt)."),
     similarity: str = typer.Option("lncc", "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: "
-                                   "lncc (default), mind, ngf or mi (MIND-SSC/NGF/MI: for different contrasts)."),
+                                   "lncc (default), mind, ngf or mi (MIND-SSC/NGF/MI: for different contrasts); also the affine stage's."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Register MOVING to FIXED and write warped image(s), displacement fields and metrics.json."""
@@ -115,7 +115,7 @@ def register(
     try:
         from .prealign import AffineStage
 
-        stage = AffineStage(affine, init_file=affine_init, device=device)
+        stage = AffineStage(affine, init_file=affine_init, device=device, similarity=similarity)
         result, metrics = register_files(
             fixed, moving, model, out, options, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
             variant=variant, fixed_orientation=fixed_orientation, moving_orientation=moving_orientation,

@@ -91,16 +91,28 @@ class RegistrationInputs:
 
     def warped(self, result: RegistrationResult) -> tuple[np.ndarray, np.ndarray | None]:
         """The moving image (trilinear) and label map (nearest) through the whole transform, on the fixed grid."""
-        labels = None if self.moving_labels is None else self.moving_labels.array
+        labels = self.warp_moving_labels(result.displacement)
         if self.native_moving is None:  # already on the fixed grid: one interpolation anyway
-            return result.warp(self.moving.array), None if labels is None else result.warp_labels(labels)
-        to_voxels = np.linalg.inv(self.native_moving.affine) @ self.prealignment @ self.fixed.affine
-        pull = field_into_grid(result.displacement, to_voxels)
-        warped = warp(torch.as_tensor(self.native_moving.array, dtype=torch.float32)[None, None], pull)[0, 0]
+            return result.warp(self.moving.array), labels
+        pull = field_into_grid(result.displacement, self._to_native_voxels())
+        return warp(torch.as_tensor(self.native_moving.array, dtype=torch.float32)[None, None], pull)[0, 0].numpy(), labels
+
+    def warp_moving_labels(self, displacement: torch.Tensor) -> np.ndarray | None:
+        """The moving label map through the displacement (fixed-grid voxels) and everything before it, sampled
+        once (nearest) from the original labels: resampling them onto the fixed grid first and warping that
+        would round every label position twice (about 0.01-0.03 Dice at 2 mm voxels)."""
+        if self.moving_labels is None:
+            return None
+        displacement = displacement.detach().cpu().float()
         if self.native_moving_labels is None:
-            return warped.numpy(), None
-        native_labels = torch.as_tensor(self.native_moving_labels.array)[None, None]
-        return warped.numpy(), warp_labels(native_labels, pull)[0, 0].numpy()
+            labels = torch.as_tensor(np.asarray(self.moving_labels.array))[None, None]
+            return warp_labels(labels, displacement)[0, 0].numpy()
+        pull = field_into_grid(displacement, self._to_native_voxels())
+        return warp_labels(torch.as_tensor(self.native_moving_labels.array)[None, None], pull)[0, 0].numpy()
+
+    def _to_native_voxels(self) -> np.ndarray:
+        """Fixed-grid voxel -> voxel of the moving image's own grid (headers and affine stage)."""
+        return np.linalg.inv(self.native_moving.affine) @ self.prealignment @ self.fixed.affine
 
     @property
     def prealignment(self) -> np.ndarray:

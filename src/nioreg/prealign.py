@@ -21,6 +21,7 @@ import numpy as np
 from .io import InputError, Volume
 from .io.transforms import load_itk_affine
 from .methods.affine import AffineResult, register_affine
+from .losses.similarity import Similarity, get_similarity
 from .methods.loop import OptimisationLog
 
 __all__ = ["AFFINE_MODES", "AffineStage"]
@@ -39,10 +40,14 @@ class AffineStage:
     affine_iterations: int = 100
     lr: float = 0.01
     device: str | None = None
+    similarity: str = "lncc"
+    """A registered similarity (nioreg.losses.similarity): ``lncc`` for the same contrast, ``mi`` (or ``mind``,
+    ``ngf``) when the contrasts differ."""
 
     def __post_init__(self) -> None:
         if self.mode not in AFFINE_MODES:
             raise InputError(f"--affine must be one of {', '.join(AFFINE_MODES)}, got {self.mode!r}")
+        get_similarity(self.similarity)  # an unknown name fails here, before any work
 
     @property
     def active(self) -> bool:
@@ -65,15 +70,30 @@ class AffineStage:
         return register_affine(
             fixed, moving, levels=self.levels, rigid_iterations=self.rigid_iterations,
             affine_iterations=self.affine_iterations if self.mode == "affine" else 0, lr=self.lr,
-            initialisation="moments" if start is None else start, device=self.device or "cpu")
+            initialisation="moments" if start is None else start, device=self.device or "cpu",
+            similarity=None if self.similarity == "lncc" else _PreparedOnce(Similarity(self.similarity)))
 
     def describe(self, result: AffineResult | None) -> dict:
         """The metrics.json record: mode, matrix, losses, iterations, time and how it started."""
         if result is None:
             return {"mode": self.mode}
-        return {"mode": self.mode, "init_file": None if self.init_file is None else str(self.init_file),
+        return {"mode": self.mode, "similarity": self.similarity, "init_file": None if self.init_file is None else str(self.init_file),
                 "matrix_fixed_to_moving_ras": result.matrix.tolist(),
                 "initial_matrix_ras": result.initial_matrix.tolist(), "loss_initial": result.initial_loss,
                 "loss_final": result.final_loss, "iterations": result.iterations, "seconds": result.seconds,
                 "initialisation": result.initialisation, "loss_curve": result.loss_curve,
                 "events": result.log.events}
+
+
+class _PreparedOnce:
+    """``similarity(fixed, warped)`` with the fixed image's part (descriptors, statistics) computed once per
+    level image rather than at every iteration."""
+
+    def __init__(self, similarity: Similarity) -> None:
+        self.similarity = similarity
+        self.prepared: dict[int, tuple] = {}  # id(fixed) -> (fixed, prepared); holding fixed keeps the id unique
+
+    def __call__(self, fixed, warped):
+        if id(fixed) not in self.prepared:
+            self.prepared[id(fixed)] = (fixed, self.similarity.prepare(fixed))
+        return self.similarity(self.prepared[id(fixed)][1], warped)

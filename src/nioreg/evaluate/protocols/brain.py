@@ -188,6 +188,8 @@ class PairData:
     labels: list[int]
     axis: int
     index: int
+    inputs: object = None
+    """The :class:`nioreg.pipeline.RegistrationInputs` it came from: labels are warped from the original map."""
 
 
 def load_pair(plan: BrainPlan, atlas: dict, subject: dict) -> PairData:
@@ -206,7 +208,7 @@ def load_pair(plan: BrainPlan, atlas: dict, subject: dict) -> PairData:
         labels = sorted((set(np.unique(fixed_labels).tolist()) | set(np.unique(moving_labels).tolist())) - {0})
     axis = axial_axis(inputs.fixed.affine)
     return PairData(atlas["name"], subject["subject"], inputs.fixed, inputs.moving, fixed_labels, moving_labels,
-                    labels, axis, inputs.fixed.shape[axis] // 2)
+                    labels, axis, inputs.fixed.shape[axis] // 2, inputs)
 
 
 def run_method(spec: MethodSpec, pair: PairData, *, model=None, plan: BrainPlan, device=None,
@@ -245,7 +247,10 @@ def evaluate_displacement(pair: PairData, displacement) -> tuple[dict, dict]:
     from ...spatial import jacobian_determinant, warp, warp_labels
 
     disp = displacement.float().cpu()
-    warped_labels = warp_labels(torch.as_tensor(pair.moving_labels.astype(np.int32))[None, None], disp)[0, 0].numpy()
+    if pair.inputs is not None:  # once from the original label map, through headers, affine and displacement
+        warped_labels = pair.inputs.warp_moving_labels(disp)
+    else:
+        warped_labels = warp_labels(torch.as_tensor(pair.moving_labels.astype(np.int32))[None, None], disp)[0, 0].numpy()
     dice = dice_per_label(pair.fixed_labels, warped_labels, labels=pair.labels)
     jac = jacobian_determinant(disp)[0].numpy()
     stats = jacobian_statistics(jac)
