@@ -124,7 +124,9 @@ def register(
         fail(str(error))
     line = f"{method}: {result.seconds:.2f} s, loss {result.feedforward_loss:.4f} (ff) -> {result.final_loss:.4f}"
     if "dice" in metrics:
-        line += f", DSC {metrics['dice']['mean_before']:.3f} -> {metrics['dice']['mean']:.3f}"
+        dice = metrics["dice"]
+        headers = f"{dice['mean_before_affine']:.3f} (headers) -> " if "mean_before_affine" in dice else ""
+        line += f", DSC {headers}{dice['mean_before']:.3f} -> {dice['mean']:.3f}"
     line += f", std|J| {metrics['jacobian_std']:.3f}"
     typer.echo(line)
     for warning in metrics.get("warnings", []):

@@ -471,6 +471,11 @@ def _label_overlap(inputs: RegistrationInputs, warped_labels: np.ndarray | None)
     out: dict = {"dice": {"mean_before": float(np.nanmean(list(before.values()))),
                           "mean": float(np.nanmean(list(after.values()))),
                           "per_label": {str(k): v for k, v in after.items()}}}
+    if inputs.affine is not None and inputs.native_moving_labels is not None:
+        # "before" is after the affine stage; this is the overlap through the headers alone
+        headers = _on_grid(inputs.native_moving_labels, inputs.fixed).array
+        out["dice"]["mean_before_affine"] = float(np.nanmean(list(dice_per_label(
+            inputs.fixed_labels.array, headers, labels=before.keys()).values())))
     if fixed_set != moving_set:
         only = lambda labels: ", ".join(map(str, sorted(labels)[:10])) + (" ..." if len(labels) > 10 else "")  # noqa: E731
         out["warnings"] = [f"the label maps hold different labels (Dice is 0 for a label on one side only): "
