@@ -450,6 +450,8 @@ def test_the_affine_stage_aligns_a_moved_scan_and_every_output_holds_the_whole_t
                       sitk.ReadTransform(str(out / "composite.h5"))):
         theirs = _sitk_warp(sitk, transform, files["fixed"], moved["moving"])  # the ORIGINAL moving file
         assert np.abs(theirs[inside] - ours[inside]).mean() < 1e-3 * value_range
+    _check_with_ants(out, files["fixed"], moved["moving"], ours, inside, value_range)
+    _check_affine_with_ants(out, files["fixed"], moved["moving"], np.array(aligned["affine"]["matrix_fixed_to_moving_ras"]))
     # the affine alone, written for ITK/ANTs, maps points as metrics.json says (LPS <-> RAS)
     matrix = np.array(aligned["affine"]["matrix_fixed_to_moving_ras"])
     point = np.array([10.0, -5.0, 3.0])
@@ -461,6 +463,35 @@ def test_the_affine_stage_aligns_a_moved_scan_and_every_output_holds_the_whole_t
     _, again = register_files(files["fixed"], moved["moving"], files["model"], tmp_path / "init", ff,
                               affine=AffineStage("none", init_file=out / "affine.txt"), **common)
     assert again["dice"]["mean"] == pytest.approx(aligned["dice"]["mean"], abs=1e-6)
+
+
+def _check_with_ants(out, fixed, moving, ours, inside, value_range) -> None:
+    """With the ``ants`` extra: ANTsPy applying displacement_itk.nii.gz alone, or composite.h5, to the ORIGINAL
+    moving file reproduces warped.nii.gz (docs/conventions.md's commands)."""
+    try:
+        import ants
+    except ImportError:
+        return
+    f, m = ants.image_read(str(fixed)), ants.image_read(str(moving))
+    for transforms in (["displacement_itk.nii.gz"], ["composite.h5"]):
+        theirs = ants.apply_transforms(f, m, [str(out / t) for t in transforms], interpolator="linear").numpy()
+        assert np.abs(theirs[inside] - ours[inside]).mean() < 1e-3 * value_range, transforms
+
+
+def _check_affine_with_ants(out, fixed, moving, matrix) -> None:
+    """With the ``ants`` extra: ANTsPy applying affine.mat alone equals nioreg resampling through the matrix."""
+    try:
+        import ants
+    except ImportError:
+        return
+    from nioreg.io import load_image
+    from nioreg.methods.affine import resample_through_affine
+
+    ours = resample_through_affine(load_image(moving), load_image(fixed), matrix).array
+    f, m = ants.image_read(str(fixed)), ants.image_read(str(moving))
+    theirs = ants.apply_transforms(f, m, [str(out / "affine.mat")], interpolator="linear").numpy()
+    inside = ndimage.binary_erosion(ours != ours.min(), iterations=3)
+    assert np.abs(theirs[inside] - ours[inside]).mean() < 1e-3 * float(ours.max() - ours.min())
 
 
 def test_register_takes_a_similarity_measure_by_name(files, tmp_path):
