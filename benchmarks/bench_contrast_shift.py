@@ -18,7 +18,7 @@ through ``nioreg evaluate`` (``--affine none``: LPBA40 is pre-aligned), with eac
 ``--methods`` (default: ff, and io:200 and nio_m with lncc and with mind). The T1 -> T1 rows come from the
 same harness on the original images (``--contrasts t1,...``).
 
-    python benchmarks/bench_contrast_shift.py --subjects S02,S03,S04,S05,S06 --contrasts t1,flair,t2 --threads 1
+    python benchmarks/bench_contrast_shift.py --subjects S02,S03,S04,S05 --contrasts t1,flair,t2 --threads 1
 
 Output: runs/contrast_shift_x<factor>/ (git-ignored: derived LPBA40 images), one evaluation folder per
 contrast (each resumes where it stopped), benchmarks/results/contrast_shift.json and a Markdown table.
@@ -115,7 +115,7 @@ def summary_rows(cases: dict[str, list[dict]]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factor", type=int, default=2)
-    parser.add_argument("--subjects", default="S02,S03,S04,S05,S06")
+    parser.add_argument("--subjects", default="S02,S03,S04,S05")
     parser.add_argument("--contrasts", default="t1,flair,t2", help="t1 (the original images), flair, t2")
     parser.add_argument("--methods", default=METHODS, help="method specs separated by ';'")
     parser.add_argument("--seed", type=int, default=0)

@@ -373,5 +373,7 @@ def test_the_affine_stage_runs_before_every_method(dataset, tmp_path):
     result = evaluate(dataset, out, "--affine", "rigid", "--subjects", "S02", methods=["ff"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "plan.json").read_text())["affine"] == "rigid"
+    case = json.loads(next((out / "cases" / "ff").glob("*.json")).read_text())
+    assert case["affine"]["seconds"] > 0 and len(case["affine"]["matrix_fixed_to_moving_ras"]) == 4
     result = evaluate(dataset, tmp_path / "bad", "--affine", "similarity", methods=["ff"])
     assert result.exit_code == 2 and "--affine must be one of none, rigid, affine" in result.output

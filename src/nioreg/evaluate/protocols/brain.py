@@ -323,6 +323,11 @@ class BrainProtocol(Protocol):
         metrics, slices = evaluate_displacement(data, output.displacement)
         record = {"atlas": data.atlas, "subject": data.subject, **metrics, "shape": list(data.fixed.shape),
                   "details": output.details}
+        affine = getattr(data.inputs, "affine", None)
+        if affine is not None:  # once per pair, before every method; not part of the method's seconds
+            record["affine"] = {"matrix_fixed_to_moving_ras": affine.matrix.tolist(), "seconds": affine.seconds,
+                                "iterations": affine.iterations, "loss_initial": affine.initial_loss,
+                                "loss_final": affine.final_loss, "initialisation": affine.initialisation}
         return Scored(record, {".npz": lambda tmp: np.savez_compressed(tmp, **slices)})
 
     def fatal(self, error: BaseException) -> bool:
