@@ -90,7 +90,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     if not args.merge_only:
         data = prepare(out, args.factor, subjects)
-        command = ["nioreg", "evaluate", str(data), "--atlas", "S01", "--model", str(weights),
+        command = ["nioreg", "evaluate", str(data), "--atlas", "S01", "--affine", "none", "--model", str(weights),
                    *(["--variant", variant] if variant else []), "--subjects", ",".join(subjects), "--out", str(out)]
         if reference:
             command += ["--reference", reference]
@@ -104,7 +104,7 @@ def main() -> None:
         data = None
     run_brain(dataset=data, atlas=["S01"], model=weights, variant=variant, methods=methods, out=out,
               reference=reference, subjects=subjects, shard=args.shard, merge_only=args.merge_only,
-              device=args.device, threads=args.threads, skip_unavailable=args.skip_unavailable,
+              affine="none", device=args.device, threads=args.threads, skip_unavailable=args.skip_unavailable,
               progress=not args.quiet, echo=print)
     return None
 

@@ -70,7 +70,7 @@ def test_simpleitk_applying_the_exported_field_reproduces_the_warped_image(files
     sitk = pytest.importorskip("SimpleITK")
     out = tmp_path / "io"
     result = run("register", "--fixed", files["fixed"], "--moving", files["moving"], "--model", files["model"],
-                 "--method", "io", "--iters", "5", "--lr", "0.5", "--out", out, "--quiet")
+                 "--method", "io", "--iters", "5", "--lr", "0.5", "--out", out, "--quiet", "--affine", "none")
     assert result.exit_code == 0, result.output
     field = sitk.ReadImage(str(out / "displacement_itk.nii.gz"), sitk.sitkVectorFloat64)
     transform = sitk.DisplacementFieldTransform(field)
@@ -301,8 +301,12 @@ def test_non_overlapping_images_and_an_empty_mask_are_explained(files, tmp_path)
     far[:3, 3] += 1000.0
     path = tmp_path / "far_away.nii.gz"
     nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), far), path)
-    result = register_ff(files, tmp_path / "o1", moving=path)
+    result = register_ff(files, tmp_path / "o1", "--affine", "none", moving=path)
     assert result.exit_code == 2 and "does not overlap" in result.output and "far_away.nii.gz" in result.output
+    # the affine stage starts from the centres of mass, not from the headers: it finds the image 1000 mm away
+    assert register_ff(files, tmp_path / "o3", moving=path).exit_code == 0
+    shift = np.array(json.loads((tmp_path / "o3" / "metrics.json").read_text())["affine"]["matrix_fixed_to_moving_ras"])
+    assert np.allclose(shift[:3, 3], 1000.0, atol=5.0)
     mask = tmp_path / "empty_mask.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), image.affine), mask)
     result = register_ff(files, tmp_path / "o2", "--mask", mask)
@@ -349,7 +353,7 @@ def test_outputs_of_an_orientation_override_fit_the_original_files(files, tmp_pa
     disp = nib.load(out / "displacement_l2r.nii.gz").get_fdata()
     target = np.indices(SHAPE).transpose(1, 2, 3, 0) + disp
     inside = ndimage.binary_erosion(np.all((target >= 0) & (target <= np.array(SHAPE) - 1), axis=-1), iterations=2)
-    assert inside.mean() > 0.5
+    assert inside.mean() > 0.3  # the affine stage (on by default) also undoes the moving file's offset
     value_range = float(ours.max() - ours.min())
     assert np.abs(theirs[inside] - ours[inside]).mean() < 1e-3 * value_range
 
@@ -366,14 +370,22 @@ def test_the_python_entry_point_gives_the_command_lines_result(tmp_path):
         nib.save(nib.Nifti1Image(arr, aff), tmp_path / f"{name}.nii.gz")
     out = tmp_path / "out"
     cli = run("register", "--fixed", tmp_path / "fixed.nii.gz", "--moving", tmp_path / "moving.nii.gz",
-              "--method", "io", "--iters", "3", "--out", out, "--quiet")
+              "--method", "io", "--iters", "3", "--out", out, "--quiet", "--affine", "none")
     assert cli.exit_code == 0, cli.output
     result = nioreg.register_images(nioreg.load_image(tmp_path / "fixed.nii.gz"),
-                                    nioreg.load_image(tmp_path / "moving.nii.gz"), method="io", iterations=3)
+                                    nioreg.load_image(tmp_path / "moving.nii.gz"), method="io", iterations=3,
+                                    affine="none")
     from_file = np.moveaxis(nib.load(out / "displacement_l2r.nii.gz").get_fdata(), -1, 0)
     np.testing.assert_allclose(result.displacement[0].numpy(), from_file, atol=1e-5)
     np.testing.assert_allclose(result.warp(nioreg.load_image(tmp_path / "moving.nii.gz")),
                                nib.load(out / "warped.nii.gz").get_fdata(), atol=1e-5)
+    # the same with the affine stage, both on their defaults
+    cli = run("register", "--fixed", tmp_path / "fixed.nii.gz", "--moving", tmp_path / "moving.nii.gz",
+              "--method", "ff", "--out", tmp_path / "with_affine", "--quiet")
+    assert cli.exit_code == 0, cli.output
+    result = nioreg.register_images(tmp_path / "fixed.nii.gz", tmp_path / "moving.nii.gz", method="ff")
+    np.testing.assert_allclose(result.warp(nioreg.load_image(tmp_path / "moving.nii.gz")),
+                               nib.load(tmp_path / "with_affine" / "warped.nii.gz").get_fdata(), atol=1e-5)
     # bare arrays cannot get the model's recorded voxel size: one clear error instead of another result
     with pytest.raises(ValueError, match="register_images"):
         nioreg.register(fixed.image, moving.image, nioreg.load_model("lapirn-lpba40-3mm"), "ff")
@@ -432,7 +444,8 @@ def test_the_affine_stage_aligns_a_moved_scan_and_every_output_holds_the_whole_t
         nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), header), moved[name])
     common = dict(fixed_labels=files["fixed_labels"], moving_labels=moved["moving_labels"])
     ff = RegistrationOptions(method="ff")
-    _, plain = register_files(files["fixed"], moved["moving"], files["model"], tmp_path / "none", ff, **common)
+    _, plain = register_files(files["fixed"], moved["moving"], files["model"], tmp_path / "none", ff,
+                              affine="none", **common)
     stage = AffineStage("affine", levels=(3.0,), rigid_iterations=40, affine_iterations=40, lr=0.02)
     _, aligned = register_files(files["fixed"], moved["moving"], files["model"], tmp_path / "affine", ff,
                                 affine=stage, **common)
@@ -451,6 +464,14 @@ def test_the_affine_stage_aligns_a_moved_scan_and_every_output_holds_the_whole_t
         theirs = _sitk_warp(sitk, transform, files["fixed"], moved["moving"])  # the ORIGINAL moving file
         assert np.abs(theirs[inside] - ours[inside]).mean() < 1e-3 * value_range
     _check_with_ants(out, files["fixed"], moved["moving"], ours, inside, value_range)
+    # the Learn2Reg field also holds the whole transform: it pulls from the moving image as its header places it
+    from nioreg.io import load_image, resample_to
+    on_grid = resample_to(load_image(moved["moving"]), load_image(files["fixed"]), order=1).array
+    l2r = nib.load(out / "displacement_l2r.nii.gz").get_fdata()
+    pulled = ndimage.map_coordinates(on_grid, np.moveaxis(np.indices(SHAPE) + np.moveaxis(l2r, -1, 0), 0, 0), order=1)
+    inner = inside & ndimage.binary_erosion(on_grid != on_grid.min(), iterations=2)[tuple(
+        np.clip(np.rint(np.indices(SHAPE) + np.moveaxis(l2r, -1, 0)), 0, np.array(SHAPE).reshape(3, 1, 1, 1) - 1).astype(int))]
+    assert np.abs(pulled - ours)[inner].mean() < 0.02 * value_range
     _check_affine_with_ants(out, files["fixed"], moved["moving"], np.array(aligned["affine"]["matrix_fixed_to_moving_ras"]))
     # the affine alone, written for ITK/ANTs, maps points as metrics.json says (LPS <-> RAS)
     matrix = np.array(aligned["affine"]["matrix_fixed_to_moving_ras"])
@@ -556,3 +577,16 @@ def test_labels_off_the_fixed_grid_are_sampled_once_through_headers_and_displace
     displacement[:, 0] = 0.5
     warped = inputs.warp_moving_labels(displacement)
     assert np.array_equal(warped[:-1], labels[1:])
+
+
+def test_the_affine_stage_is_on_by_default_and_none_skips_it(files, tmp_path):
+    from nioreg.pipeline import register_images
+
+    assert register_ff(files, tmp_path / "default").exit_code == 0
+    metrics = json.loads((tmp_path / "default" / "metrics.json").read_text())
+    assert metrics["affine"]["mode"] == "affine" and (tmp_path / "default" / "affine.txt").is_file()
+    assert register_ff(files, tmp_path / "none", "--affine", "none").exit_code == 0
+    metrics = json.loads((tmp_path / "none" / "metrics.json").read_text())
+    assert metrics["affine"] == {"mode": "none"} and not (tmp_path / "none" / "affine.txt").exists()
+    assert register_images(files["fixed"], files["moving"], files["model"], "ff").prealignment is not None
+    assert register_images(files["fixed"], files["moving"], files["model"], "ff", affine="none").prealignment is None

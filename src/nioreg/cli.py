@@ -96,8 +96,9 @@ def register(
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded in metrics.json)."),
     smoothing: Optional[str] = typer.Option(None, "--smoothing", help="Deformation model applied to every field: "
                                             "none, or bspline (the B-spline-like model of Siebert et al. 2021)."),
-    affine: str = typer.Option("none", "--affine", help="Affine stage before the deformable one: none (the images "
-                               "are pre-aligned), rigid or affine (for raw scans; writes affine.txt/.mat)."),
+    affine: str = typer.Option("affine", "--affine", help="Affine stage before the deformable one: affine "
+                               "(default; rigid then affine, writes affine.txt/.mat), rigid, or none (skip it for "
+                               "pairs that are already affinely aligned)."),
     affine_init: Optional[Path] = typer.Option(None, "--affine-init", help="Start from this ITK/ANTs affine "
                                                "(.txt/.tfm/.mat, fixed -> moving); with --affine none it is used as is."),
     inverse: bool = typer.Option(False, "--inverse", help="Also write the moving -> fixed transform "

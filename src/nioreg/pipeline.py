@@ -50,7 +50,7 @@ from .io.transforms import save_itk_affine, save_itk_composite
 from .methods import MIN_SIZE, RegistrationOptions, RegistrationResult, Safeguards, register
 from .methods.affine import AffineResult
 from .models import default_model_path, load_model
-from .prealign import AffineStage
+from .prealign import DEFAULT_AFFINE, AffineStage, as_affine_stage
 from .spatial import field_into_grid, identity_grid, invert_displacement, regrid_displacement, sample, warp, warp_labels
 from .runtime import cpu_features, thread_setting
 from .spatial import regrid_displacement
@@ -109,6 +109,14 @@ class RegistrationInputs:
             return warp_labels(labels, displacement)[0, 0].numpy()
         pull = field_into_grid(displacement, self._to_native_voxels())
         return warp_labels(torch.as_tensor(self.native_moving_labels.array)[None, None], pull)[0, 0].numpy()
+
+    def l2r_displacement(self, displacement: torch.Tensor) -> np.ndarray:
+        """The Learn2Reg field (fixed-grid voxels, pull) of the whole transform: its targets are positions in
+        the moving image as the headers place it on the fixed grid, affine stage included."""
+        if self.affine is None:
+            return displacement[0].detach().cpu().numpy()
+        to_voxels = np.linalg.inv(self.fixed.affine) @ self.prealignment @ self.fixed.affine
+        return field_into_grid(displacement.detach().cpu(), to_voxels)[0].numpy()
 
     def _to_native_voxels(self) -> np.ndarray:
         """Fixed-grid voxel -> voxel of the moving image's own grid (headers and affine stage)."""
@@ -269,7 +277,7 @@ def register_images(
     variant: str | None = None,
     safeguards: Safeguards | None = None,
     progress: bool = False,
-    affine: AffineStage | None = None,
+    affine: AffineStage | str | None = DEFAULT_AFFINE,
     **settings,
 ) -> RegistrationResult:
     """Register images with their headers exactly as ``nioreg register`` does; the Python entry point.
@@ -280,7 +288,8 @@ def register_images(
     recorded preprocessing (intensities, voxel size) is applied. ``options`` (or a method name) and keyword
     ``settings`` (``iterations=``, ``lr=``, ``lam=``, ``seed=``, ``device=``...; see
     :class:`~nioreg.methods.RegistrationOptions`) choose the method. ``affine`` (an
-    :class:`~nioreg.prealign.AffineStage`) aligns the moving image first. The result's displacement is in
+    :class:`~nioreg.prealign.AffineStage` or a mode name; default ``"affine"``, as ``nioreg register``;
+    ``"none"`` for pre-aligned pairs) aligns the moving image first. The result's displacement is in
     voxels of the fixed grid, after ``result.prealignment`` (the affine, if any); ``result.warp(volume)`` /
     ``result.warp_labels(volume)`` accept moving-side Volumes and apply both.
     """
@@ -288,6 +297,7 @@ def register_images(
     options = options.updated(**settings)
     fixed_vol = fixed if isinstance(fixed, Volume) else load_image(fixed, role="fixed image")
     moving_vol = moving if isinstance(moving, Volume) else load_image(moving, role="moving image")
+    affine = as_affine_stage(affine, options.device)
     prealigned = None if affine is None else affine.run(fixed_vol, moving_vol)
     moving_vol = _on_grid(moving_vol, fixed_vol, 1, prealigned)
     mask_vol = mask if isinstance(mask, Volume) or mask is None else load_labels(mask, role="mask")
@@ -349,7 +359,7 @@ def register_files(
     moving_orientation: str | None = None,
     safeguards: Safeguards | None = None,
     progress: bool = False,
-    affine: AffineStage | None = None,
+    affine: AffineStage | str | None = DEFAULT_AFFINE,
     inverse: bool = False,
 ) -> tuple[RegistrationResult, dict]:
     """Register ``moving`` to ``fixed`` (NIfTI paths) with ``options`` and write the outputs into ``out_dir``.
@@ -358,13 +368,15 @@ def register_files(
     The output folder is checked and locked before any work (:class:`nioreg.io.OutputFolder`); the outputs
     replace any previous set in it as a whole. Every output is written on the fixed FILE's header, also
     when an orientation override was given, so it fits the files the user gave. ``affine`` (an
-    :class:`~nioreg.prealign.AffineStage`) aligns the moving image first; the outputs then hold affine ∘
-    deformable, and the affine alone is written as ``affine.txt``/``affine.mat`` (and ``composite.h5``).
+    :class:`~nioreg.prealign.AffineStage` or a mode name; default ``"affine"``, ``"none"`` or ``None`` skips
+    it) aligns the moving image first; the outputs then hold affine ∘ deformable, and the affine alone is
+    written as ``affine.txt``/``affine.mat`` (and ``composite.h5``).
     ``inverse=True`` also writes the moving -> fixed transform (:func:`_write_inverse`).
 
     Returns the result and the metrics dictionary that was written to ``metrics.json``.
     """
     options = options or RegistrationOptions()
+    affine = as_affine_stage(affine, options.device)
     model = default_model_path() if model is None else model
     folder = OutputFolder(out_dir, OUTPUT_NAMES.values(), last=OUTPUT_NAMES["metrics"])
     given = [p for p in (fixed, moving, fixed_labels, moving_labels, mask, model) if p is not None]
@@ -495,7 +507,7 @@ def _write_outputs(folder: OutputFolder, result: RegistrationResult, inputs: Reg
         if warped_labels is not None:
             save_nifti(folder.stage(OUTPUT_NAMES["warped_labels"]), warped_labels, affine)
         save_itk_displacement(folder.stage(OUTPUT_NAMES["itk"]), disp, grid, target_affine=inputs.field_target_affine)
-        save_l2r_displacement(folder.stage(OUTPUT_NAMES["l2r"]), disp, grid)
+        save_l2r_displacement(folder.stage(OUTPUT_NAMES["l2r"]), inputs.l2r_displacement(result.displacement), grid)
         if inputs.affine is not None:
             _write_affine(folder, inputs, disp, grid, metrics)
     names = sorted(p.name for p in folder.stage(OUTPUT_NAMES["metrics"]).parent.iterdir()) + [OUTPUT_NAMES["metrics"]]

@@ -20,13 +20,17 @@ import numpy as np
 
 from .io import InputError, Volume
 from .io.transforms import load_itk_affine
-from .methods.affine import AffineResult, register_affine
-from .losses.similarity import Similarity, get_similarity
+from .methods.affine import AffineResult, PreparedSimilarity, register_affine
+from .losses.similarity import get_similarity
 from .methods.loop import OptimisationLog
 
-__all__ = ["AFFINE_MODES", "AffineStage"]
+__all__ = ["AFFINE_MODES", "DEFAULT_AFFINE", "AffineStage", "as_affine_stage"]
 
 AFFINE_MODES = ("none", "rigid", "affine")
+DEFAULT_AFFINE = "affine"
+"""On by default (``nioreg register``, ``register_images``, ``nioreg evaluate`` brain): on pre-aligned pairs it
+costs seconds and changes Dice by about ±0.01 (BENCHMARKS.md, shifted LPBA40); on raw scans it is the
+difference between a usable and a useless field. ``none`` skips it."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class AffineStage:
             fixed, moving, levels=self.levels, rigid_iterations=self.rigid_iterations,
             affine_iterations=self.affine_iterations if self.mode == "affine" else 0, lr=self.lr,
             initialisation="moments" if start is None else start, device=self.device or "cpu",
-            similarity=None if self.similarity == "lncc" else _PreparedOnce(Similarity(self.similarity)))
+            similarity=PreparedSimilarity(self.similarity))
 
     def describe(self, result: AffineResult | None) -> dict:
         """The metrics.json record: mode, matrix, losses, iterations, time and how it started."""
@@ -85,15 +89,11 @@ class AffineStage:
                 "events": result.log.events}
 
 
-class _PreparedOnce:
-    """``similarity(fixed, warped)`` with the fixed image's part (descriptors, statistics) computed once per
-    level image rather than at every iteration."""
+def as_affine_stage(affine: "AffineStage | str | None", device: str | None = None) -> "AffineStage | None":
+    """An :class:`AffineStage` from a stage, a mode name (``"affine"``, ``"rigid"``, ``"none"``) or ``None``
+    (no stage); ``None`` for mode ``none``."""
+    if affine is None or isinstance(affine, AffineStage):
+        return affine if affine is None or affine.active else None
+    stage = AffineStage(str(affine), device=device)
+    return stage if stage.active else None
 
-    def __init__(self, similarity: Similarity) -> None:
-        self.similarity = similarity
-        self.prepared: dict[int, tuple] = {}  # id(fixed) -> (fixed, prepared); holding fixed keeps the id unique
-
-    def __call__(self, fixed, warped):
-        if id(fixed) not in self.prepared:
-            self.prepared[id(fixed)] = (fixed, self.similarity.prepare(fixed))
-        return self.similarity(self.prepared[id(fixed)][1], warped)

@@ -40,8 +40,9 @@ def evaluate_command(
     split: Optional[str] = typer.Option(None, "--split", help="brain: only records of this split (manifest column 'split')."),
     labels: Optional[str] = typer.Option(None, "--labels", help="brain: structures to evaluate (label values, comma separated); default: all."),
     orientation: Optional[str] = typer.Option(None, "--orientation", help="brain: override every image's header orientation, e.g. RAS."),
-    affine: str = typer.Option("none", "--affine", help="brain: affine stage before every method (none, rigid or "
-                               "affine), for subjects that are not pre-aligned to the atlas."),
+    affine: Optional[str] = typer.Option(None, "--affine", help="brain: affine stage before every method: affine "
+                                         "(default), rigid, or none (subjects already affinely aligned to the "
+                                         "atlas, as LPBA40 and the paper's protocol)."),
     lam: float = typer.Option(DEFAULT_LAMBDA, "--lambda", help="Default regularisation weight λ of the learned methods."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="brain (atlas registration, Dice; the default) "
                                            "or dirlab (lung 4DCT, TRE); --merge-only takes the plan's."),

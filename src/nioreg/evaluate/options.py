@@ -54,7 +54,7 @@ class EvaluateOptions:
     split: str | None = _option(None, "--split")
     labels: Sequence[str | int] | None = _option(None, "--labels")
     orientation: str | None = _option(None, "--orientation")
-    affine: str = _option("none", "--affine")
+    affine: str | None = _option(None, "--affine")  # brain: None = prealign.DEFAULT_AFFINE
     figure_case: str | None = _option(None, "--figure-case")
     skip_unavailable: bool = _option(False, "--skip-unavailable")
     workdir: str | Path | None = _option(None, "--workdir")

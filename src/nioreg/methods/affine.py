@@ -31,7 +31,7 @@ from ..io.errors import InputError
 from ..io.preprocess import Preprocessing
 from ..io.resample import resample_to
 from ..io.volume import Volume
-from ..losses import lncc
+from ..losses.similarity import Similarity as Measure, get_similarity
 from ..spatial import identity_grid, sample
 from .loop import OptimisationLog, Safeguards, run_stage
 
@@ -52,10 +52,29 @@ costs time (a 256³ FreeSurfer volume holds its brain in about a fifth of the vo
 """A level of the affine pyramid is never coarser than 16 voxels along the fixed image's shortest axis."""
 
 
-def lncc_similarity(fixed: Tensor, warped: Tensor) -> Tensor:
-    """The default similarity: nioreg's LNCC (window 7, smaller on a smaller grid), ``-mean(cc)`` in [-1, 0]."""
-    smallest = min(fixed.shape[2:])
-    return lncc(fixed, warped, window=min(7, smallest - (1 - smallest % 2)))
+class PreparedSimilarity:
+    """A registered similarity by name as ``similarity(fixed, warped)``, the fixed image's part (LNCC's window
+    statistics, MIND descriptors...) computed once per level image instead of at every iteration. LNCC's
+    window shrinks to fit a level smaller than 7 voxels along an axis."""
+
+    def __init__(self, name: str = "lncc") -> None:
+        get_similarity(name)  # an unknown name fails here, before any work
+        self.name = name
+        self.bound: dict[int, tuple] = {}  # id(fixed) -> (fixed, measure, prepared); holding fixed keeps ids unique
+
+    def _bind(self, fixed: Tensor) -> tuple:
+        parameters = {}
+        if self.name == "lncc":
+            smallest = min(fixed.shape[2:])
+            parameters["window"] = min(7, smallest - (1 - smallest % 2))
+        measure = Measure(self.name, **parameters)
+        return fixed, measure, measure.prepare(fixed)
+
+    def __call__(self, fixed: Tensor, warped: Tensor) -> Tensor:
+        if id(fixed) not in self.bound:
+            self.bound[id(fixed)] = self._bind(fixed)
+        _, measure, prepared = self.bound[id(fixed)]
+        return measure(prepared, warped)
 
 
 @dataclass
@@ -325,8 +344,8 @@ def register_affine(
     started = time.perf_counter()
     device = torch.device(device)
     levels_ = [_level(fixed, moving, s, device) for s in _spacings(tuple(levels), fixed, moving)]
-    problem = _Problem(levels_, similarity or lncc_similarity, torch.zeros(3, dtype=torch.float64, device=device),
-                       OptimisationLog(), safeguards)
+    centre = torch.zeros(3, dtype=torch.float64, device=device)  # set by the initialisation
+    problem = _Problem(levels_, similarity or PreparedSimilarity("lncc"), centre, OptimisationLog(), safeguards)
     initial, info = _initialise(problem, fixed, moving, initialisation)
     current = initial
     for index, level in enumerate(levels_):

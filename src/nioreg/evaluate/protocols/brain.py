@@ -286,7 +286,7 @@ class BrainProtocol(Protocol):
                          "workdir"})
 
     def make_plan(self, options: EvaluateOptions, specs: list[MethodSpec], echo) -> BrainPlan:
-        from ...prealign import AffineStage
+        from ...prealign import DEFAULT_AFFINE, AffineStage
 
         if not options.atlas:
             raise InputError("give at least one --atlas (a subject name or an image path)")
@@ -296,7 +296,7 @@ class BrainProtocol(Protocol):
         subjects = _select_subjects(records, options.dataset, options.subjects, options.split)
         plan = BrainPlan(**self.plan_fields(options, specs), atlases=atlases, subjects=subjects,
                          labels=_label_values(options.labels), orientation=options.orientation,
-                         affine=AffineStage(options.affine).mode)
+                         affine=AffineStage(options.affine or DEFAULT_AFFINE).mode)
         if not plan.pairs:
             raise InputError("nothing to evaluate: every subject is an atlas (or the subject list is empty)")
         return plan
