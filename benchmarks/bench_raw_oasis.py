@@ -5,7 +5,8 @@ its own scanner position). Only image_A has label maps, so the measures are thos
 fixed (image_A) grid:
 
 - **mask Dice**: overlap of the two brain masks (voxels above ``--threshold`` of each image's maximum);
-- **LNCC**: mean local normalised cross-correlation (window 7³) between the fixed and the moved image.
+- **LNCC**: mean local normalised cross-correlation (nioreg's squared form, window 7³) between the fixed and
+  the moved image, inside the fixed brain mask.
 
 Rows: before (the moving image through the headers alone), after the affine stage alone, and after each
 method with ``--affine none`` and ``--affine affine`` (through ``nioreg.pipeline.register_files``, as
@@ -44,11 +45,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def measures(fixed: np.ndarray, moved: np.ndarray, threshold: float) -> dict:
-    """Mask Dice and mean LNCC (window 7) of two images on the same grid."""
+    """Mask Dice, and the mean LNCC (nioreg's squared local correlation, window 7) inside the fixed brain mask."""
     masks = [(a > threshold * float(a.max())).astype(np.int32) for a in (fixed, moved)]
     as_tensor = lambda a: torch.as_tensor(a / max(float(a.max()), 1e-6), dtype=torch.float32)[None, None]  # noqa: E731
     return {"mask_dice": dice_per_label(masks[0], masks[1], labels=[1])[1],
-            "lncc": -float(lncc(as_tensor(fixed), as_tensor(moved), window=7))}
+            "lncc": -float(lncc(as_tensor(fixed), as_tensor(moved), window=7, mask=as_tensor(masks[0]) > 0))}
 
 
 def run_method(fixed: Path, moving: Path, out: Path, method: str, affine: str, args) -> dict:
