@@ -65,18 +65,21 @@ def child(name: str, shape, repeats: int) -> dict:
     return {"min_s": min(times[1:]), "median_s": statistics.median(times[1:]), "peak_mib": (peak - before) / 1024}
 
 
-def iteration_seconds(names, iterations: int) -> dict[str, float]:
+def iteration_seconds(names, iterations: int, rounds: int = 1) -> dict[str, list[float]]:
+    """Seconds per NIO_m level-3 iteration of each measure, ``rounds`` times in alternating order (forward,
+    then reversed...), so that a change in the machine's load falls on every measure alike."""
     from nioreg.methods import register
     from nioreg.models import load_model
 
     model = load_model(shared_dir() / "weights" / "LapIRN_disp_fea7.pth", variant="disp")
     fixed, moving = lpba("S01", (80, 96, 80))[0, 0], lpba("S02", (80, 96, 80))[0, 0]
-    out = {}
-    for name in names:
-        result = register(fixed, moving, model, "nio_m", iterations=(0, 0, iterations), device="cpu",
-                          similarity=name)
-        out[name] = list(result.log.stage_seconds.values())[-1] / iterations
-        print(f"  {name}: {out[name]:.3f} s per level-3 iteration", flush=True)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        for name in (names if round_index % 2 == 0 else list(reversed(names))):
+            result = register(fixed, moving, model, "nio_m", iterations=(0, 0, iterations), device="cpu",
+                              similarity=name)
+            out[name].append(list(result.log.stage_seconds.values())[-1] / iterations)
+            print(f"  round {round_index} {name}: {out[name][-1]:.3f} s per level-3 iteration", flush=True)
     return out
 
 
@@ -87,6 +90,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="80x96x80,160x192x160")
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--skip-iteration", action="store_true")
+    parser.add_argument("--skip-cost", action="store_true", help="only the NIO_m iteration part")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the NIO_m iteration part")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -99,7 +104,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print("command: python benchmarks/bench_similarity.py " + " ".join(sys.argv[1:]))
     rows = []
-    for size in args.sizes.split(","):
+    for size in ([] if args.skip_cost else args.sizes.split(",")):
         for name in similarity_names():
             done = subprocess.run([sys.executable, __file__, "--child", f"{name}@{size}", "--threads",
                                    str(args.threads), "--repeats", str(args.repeats)],
@@ -113,10 +118,17 @@ def main() -> None:
         print(f"| {r['measure']} | {r['size']} | {r['min_s']:.3f} | {r['median_s']:.3f} | {r['peak_mib']:.0f} |")
     if args.skip_iteration:
         return
-    per_iteration = iteration_seconds(similarity_names(), args.iterations)
-    print("\n| measure | NIO_m level-3 iteration at 80×96×80 (s) | ratio to LNCC |\n|---|---|---|")
-    for name, seconds in per_iteration.items():
-        print(f"| {name} | {seconds:.3f} | {seconds / per_iteration['lncc']:.2f} |")
+    per_iteration = iteration_seconds(similarity_names(), args.iterations, args.rounds)
+    ratios = {name: [s / l for s, l in zip(times, per_iteration["lncc"])] for name, times in per_iteration.items()}
+    print("\n| measure | NIO_m level-3 iteration at 80×96×80 (s, median) | ratio to LNCC (median; per round) |"
+          "\n|---|---|---|")
+    for name, times in per_iteration.items():
+        print(f"| {name} | {statistics.median(times):.3f} | {statistics.median(ratios[name]):.2f} "
+              f"({', '.join(f'{r:.2f}' for r in ratios[name])}) |")
+    path = Path(__file__).parent / "results" / "similarity_iteration.json"
+    path.write_text(json.dumps({"machine": machine(), "command": " ".join(["python", *sys.argv]),
+                                "load_average": os.getloadavg(), "seconds_per_iteration": per_iteration,
+                                "ratio_to_lncc": ratios}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
