@@ -28,16 +28,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from bench_evaluate_lpba import prepare
-from common import git_revision, machine, shared_dir, split_list
+from common import save_result, shared_dir, split_list
 from nioreg.evaluate.protocols.brain import run_brain
 from nioreg.io import load_image, load_labels, save_nifti
 
@@ -132,11 +129,8 @@ def main() -> None:
             folder, recipes[contrast] = make_dataset(data, out, subjects, contrast, args.seed)
         cases[contrast] = evaluate(folder, out / f"eval_{contrast}", subjects, methods, args)
     rows = summary_rows(cases)
-    result = {"machine": machine(), "revision": git_revision(), "command": shlex.join(["python", *sys.argv]),
-              "subjects": subjects, "methods": methods, "recipes": recipes, "rows": rows, "cases": cases}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "contrast_shift.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"machine: {result['machine']}; rev {result['revision']}; subjects {', '.join(subjects)}")
+    save_result("contrast_shift", {"subjects": subjects, "methods": methods, "recipes": recipes, "rows": rows,
+                                   "cases": cases})
     print("| moving contrast | method | pairs | Dice | DSC30 | std\\|J\\| | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:

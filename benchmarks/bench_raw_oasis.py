@@ -22,17 +22,14 @@ Writes benchmarks/results/raw_oasis.json and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import git_revision, machine, shared_dir, split_list
-from nioreg.io import Volume, load_image, resample_to
+from common import save_result, shared_dir, split_list
+from nioreg.io import load_image, resample_to
 from nioreg.losses import lncc
 from nioreg.measures import dice_per_label
 from nioreg.methods import RegistrationOptions
@@ -116,12 +113,8 @@ def main() -> None:
             if affine == "affine":
                 panels[f"affine + {method}"] = warped
     figure(out / "figure.png", fixed.array, panels, args.threshold)
-    result = {"machine": machine(), "revision": git_revision(), "threads": threads,
-              "command": shlex.join(["python", *sys.argv]), "pair": "OASIS c2fvit_pair: image_B -> image_A",
-              "model": args.model or "default", "rows": rows}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "raw_oasis.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"machine: {result['machine']}; rev {result['revision']}")
+    save_result("raw_oasis", {"threads": threads, "pair": "OASIS c2fvit_pair: image_B -> image_A",
+                              "model": args.model or "default", "rows": rows})
     print("| row | mask Dice | LNCC | affine stage s | registration s |")
     print("| --- | --- | --- | --- | --- |")
     for row in rows:

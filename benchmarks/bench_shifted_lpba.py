@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from bench_evaluate_lpba import prepare
-from common import machine, shared_dir
+from common import save_result, shared_dir
 from nioreg.evaluate.protocols.brain import run_brain
 from nioreg.io import load_image, load_labels, save_nifti
 
@@ -141,11 +139,7 @@ def main() -> None:
             runs[name] = evaluate(folders[dataset], out / name, subjects, run_methods(name, args), affine, args)
         elif (out / name / "cases.csv").is_file():
             runs[name] = read_cases(out / name)
-    result = {"machine": machine(), "command": " ".join(sys.argv), "subjects": subjects,
-              "methods": args.methods, "moves_world": moves, "runs": runs}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "shifted_lpba.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"machine: {result['machine']}")
+    save_result("shifted_lpba", {"subjects": subjects, "methods": args.methods, "moves_world": moves, "runs": runs})
     print_table(runs, subjects)
 
 

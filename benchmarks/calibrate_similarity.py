@@ -75,8 +75,8 @@ def main() -> None:
             ranges[name].append(r)
         print(f"{subject}: " + ", ".join(f"{n} grad {grads[n][-1]:.4g} range {ranges[n][-1]:.4g}" for n in names),
               flush=True)
-    print(f"\n| measure | median ‖∂S/∂u‖ | median S(F,M)−S(F,F) | grad ratio LNCC/S (median) | range ratio | "
-          f"scale (2 s.f.) |\n|---|---|---|---|---|---|")
+    print("\n| measure | median ‖∂S/∂u‖ | median S(F,M)−S(F,F) | grad ratio LNCC/S (median) | range ratio | "
+          "scale (2 s.f.) |\n|---|---|---|---|---|---|")
     for name in names:
         ratio = statistics.median(a / b for a, b in zip(grads["lncc"], grads[name]))
         range_ratio = statistics.median(a / b for a, b in zip(ranges["lncc"], ranges[name]))

@@ -144,6 +144,18 @@ def write_rows(path: Path, rows: list[dict], key) -> None:
     print(f"wrote {path}")
 
 
+def save_result(name: str, fields: dict) -> dict:
+    """benchmarks/results/<name>.json: ``fields`` stamped with the machine, the revision and the command line
+    (as run); returns the written dictionary."""
+    result = {"machine": machine(), "revision": git_revision(),
+              "command": " ".join(["python", *map(str, sys.argv)]), **fields}
+    path = Path(__file__).resolve().parent / "results" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"machine: {result['machine']}; rev {result['revision']}")
+    return result
+
+
 def split_list(text: str, sep: str = ",") -> list[str]:
     """Command-line list ``"a, b,"`` -> ``["a", "b"]``."""
     return [part.strip() for part in text.split(sep) if part.strip()]

@@ -19,7 +19,7 @@ from .measures import jacobian_statistics, mean_dice
 from .methods import register
 from .io import Volume
 from .io.preprocess import Preprocessing
-from .models import DEFAULT_MODEL, DEMO_MODEL, LapIRN, build_model, load_model, save_model, shipped_model_path
+from .models import DEFAULT_MODEL, LapIRN, build_model, load_model, save_model, shipped_model_path
 from .methods import RegistrationOptions
 from .pipeline import register_volumes
 from .runtime import cpu_features, thread_setting

@@ -53,7 +53,6 @@ from .models import default_model_path, load_model
 from .prealign import DEFAULT_AFFINE, AffineStage, as_affine_stage
 from .spatial import field_into_grid, identity_grid, invert_displacement, regrid_displacement, sample, warp, warp_labels
 from .runtime import cpu_features, thread_setting
-from .spatial import regrid_displacement
 
 OUTPUT_NAMES = {
     "warped": "warped.nii.gz",

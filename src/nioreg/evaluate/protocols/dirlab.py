@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-import numpy as np
 
-from ...io import InputError, Volume
+from ...io import InputError
 from ...io.dirlab import DirLabGeometry
 from ...measures import TRE_THRESHOLD_MM, jacobian_statistics, target_registration_error, tre_statistics
 from ..harness import MethodOutput, Networks, Plan, Protocol, Report, RunContext, Scored, evaluate
