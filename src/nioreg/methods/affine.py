@@ -45,11 +45,11 @@ TRANSLATION_UNIT_MM = 50.0
 lr 0.01) as it turns in centiradians: both kinds of parameter then converge at the same pace."""
 MIN_OVERLAP = 0.01
 MIN_LEVEL_VOXELS = 16
+"""A level of the affine pyramid is never coarser than 16 voxels along the fixed image's shortest axis."""
 SUPPORT = 0.01
 """The similarity is computed on the box around the fixed voxels above 1 % of the range (plus a margin): where
 the fixed image is constant, LNCC has no gradient, so the empty border of a skull-stripped or padded image only
 costs time (a 256³ FreeSurfer volume holds its brain in about a fifth of the voxels)."""
-"""A level of the affine pyramid is never coarser than 16 voxels along the fixed image's shortest axis."""
 
 
 class PreparedSimilarity:

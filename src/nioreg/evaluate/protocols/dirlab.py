@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-
 from ...io import InputError
 from ...io.dirlab import DirLabGeometry
 from ...measures import TRE_THRESHOLD_MM, jacobian_statistics, target_registration_error, tre_statistics
