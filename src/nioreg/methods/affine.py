@@ -49,7 +49,7 @@ MIN_LEVEL_VOXELS = 16
 SUPPORT = 0.01
 """The similarity is computed on the box around the fixed voxels above 1 % of the range (plus a margin): where
 the fixed image is constant, LNCC has no gradient, so the empty border of a skull-stripped or padded image only
-costs time (a 256³ FreeSurfer volume holds its brain in about a fifth of the voxels)."""
+costs time (on the 256³ OASIS pair the 2 mm level shrinks from 128³ to 78×80×97 voxels)."""
 
 
 class PreparedSimilarity:
