@@ -112,6 +112,32 @@ def print_table(runs: dict, subjects: list[str]) -> None:
             print(f"| {name} | {method} | {cells} | {np.mean(list(values.values())):.3f} |")
 
 
+def goal_check(runs: dict) -> list[dict]:
+    """Issue #14's goal per method: the affine-stage result on the moved files against the same method on the
+    original files (within 0.01 Dice on every pair?) and against the original files' ff (never below?)."""
+    def by_subject(run: str, method: str) -> dict[str, float]:
+        return {r["subject"]: float(r["dice_mean"]) for r in runs.get(run, {}).get("cases", []) if r["method"] == method}
+
+    unshifted_ff, rows = by_subject("unshifted", "ff"), []
+    for method in dict.fromkeys(r["method"] for r in runs.get("shifted_affine", {}).get("cases", [])):
+        moved, original = by_subject("shifted_affine", method), by_subject("unshifted", method)
+        pairs = sorted(set(moved) & set(original) & set(unshifted_ff))
+        if method == "initial" or not pairs:
+            continue
+        delta = np.array([moved[s] - original[s] for s in pairs])
+        below_ff = [s for s in pairs if moved[s] < unshifted_ff[s]]
+        rows.append({"method": method, "pairs": len(pairs), "mean_difference": float(delta.mean()),
+                     "worst_difference": float(delta.min()), "within_0.01": int(np.sum(delta >= -0.01)),
+                     "below_unshifted_ff": below_ff})
+    print("| method | pairs | mean Δ Dice (affine on moved − original) | worst Δ | pairs within 0.01 | "
+          "pairs below the original's ff |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['method']} | {row['pairs']} | {row['mean_difference']:+.3f} | {row['worst_difference']:+.3f} | "
+              f"{row['within_0.01']} / {row['pairs']} | {', '.join(row['below_unshifted_ff']) or 'none'} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factor", type=int, default=2)
@@ -120,7 +146,8 @@ def main() -> None:
     parser.add_argument("--ants", default="syn@transform=SyN",
                         help="the ANTs run's method spec (ANTs' own affine + SyN on the shifted files)")
     parser.add_argument("--runs", default=",".join(RUNS),
-                        help="which runs (each resumes where it stopped; the table shows every run on disk)")
+                        help="which runs (each resumes where it stopped; the table shows every run on disk; "
+                             "'' only reports)")
     parser.add_argument("--rotation", type=float, default=20.0)
     parser.add_argument("--scale", type=float, default=0.15)
     parser.add_argument("--shift", type=float, default=25.0)
@@ -139,8 +166,10 @@ def main() -> None:
             runs[name] = evaluate(folders[dataset], out / name, subjects, run_methods(name, args), affine, args)
         elif (out / name / "cases.csv").is_file():
             runs[name] = read_cases(out / name)
-    save_result("shifted_lpba", {"subjects": subjects, "methods": args.methods, "moves_world": moves, "runs": runs})
     print_table(runs, subjects)
+    goals = goal_check(runs)
+    save_result("shifted_lpba", {"subjects": subjects, "methods": args.methods, "moves_world": moves, "runs": runs,
+                                 "goal_check": goals})
 
 
 if __name__ == "__main__":
