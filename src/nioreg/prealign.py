@@ -20,8 +20,8 @@ import numpy as np
 
 from .io import InputError, Volume
 from .io.transforms import load_itk_affine
-from .methods.affine import AffineResult, PreparedSimilarity, register_affine
 from .losses.similarity import get_similarity
+from .methods.affine import AffineResult, PreparedSimilarity, register_affine
 from .methods.loop import OptimisationLog
 
 __all__ = ["AFFINE_MODES", "DEFAULT_AFFINE", "AffineStage", "as_affine_stage"]
@@ -81,19 +81,14 @@ class AffineStage:
         """The metrics.json record: mode, matrix, losses, iterations, time and how it started."""
         if result is None:
             return {"mode": self.mode}
-        return {"mode": self.mode, "similarity": self.similarity, "init_file": None if self.init_file is None else str(self.init_file),
-                "matrix_fixed_to_moving_ras": result.matrix.tolist(),
-                "initial_matrix_ras": result.initial_matrix.tolist(), "loss_initial": result.initial_loss,
-                "loss_final": result.final_loss, "iterations": result.iterations, "seconds": result.seconds,
-                "initialisation": result.initialisation, "loss_curve": result.loss_curve,
-                "events": result.log.events}
+        return {"mode": self.mode, "similarity": self.similarity,
+                "init_file": None if self.init_file is None else str(self.init_file), **result.summary(),
+                "loss_curve": result.loss_curve, "events": result.log.events}
 
 
 def as_affine_stage(affine: "AffineStage | str | None", device: str | None = None) -> "AffineStage | None":
     """An :class:`AffineStage` from a stage, a mode name (``"affine"``, ``"rigid"``, ``"none"``) or ``None``
     (no stage); ``None`` for mode ``none``."""
-    if affine is None or isinstance(affine, AffineStage):
-        return affine if affine is None or affine.active else None
-    stage = AffineStage(str(affine), device=device)
-    return stage if stage.active else None
-
+    if isinstance(affine, str):
+        affine = AffineStage(affine, device=device)
+    return affine if affine is not None and affine.active else None

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from ..console import fail, interrupted, start_command, threads_option, user_errors
+from ..console import fail, interrupted, show_warnings_as_lines, threads_option, user_errors
 from ..defaults import DEFAULT_LAMBDA
 from .options import EvaluateOptions, split_list
 
@@ -78,7 +78,7 @@ def run_command(options: EvaluateOptions) -> None:
     """Run :func:`nioreg.evaluate.harness.evaluate`; the user's errors become one line and exit status 2."""
     from .harness import evaluate
 
-    start_command(options.threads)
+    show_warnings_as_lines()  # --threads is applied (and checked) by evaluate() itself
     try:
         evaluate(options, echo=typer.echo)
     except KeyboardInterrupt:

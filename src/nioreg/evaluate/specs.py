@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..runtime import PRECISIONS
+
 BASELINES = ("syn", "niftyreg")
 IDENTITY = ("initial",)
 

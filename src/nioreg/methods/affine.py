@@ -98,6 +98,12 @@ class AffineResult:
     def iterations(self) -> int:
         return sum(1 for row in self.log.curve if row["stage"] != "initialisation") - len(self.log.stage_seconds)
 
+    def summary(self) -> dict:
+        """JSON-ready: the matrix, where it started, losses, iterations, time and how it was initialised."""
+        return {"matrix_fixed_to_moving_ras": self.matrix.tolist(), "initial_matrix_ras": self.initial_matrix.tolist(),
+                "loss_initial": self.initial_loss, "loss_final": self.final_loss, "iterations": self.iterations,
+                "seconds": self.seconds, "initialisation": self.initialisation}
+
     @property
     def loss_curve(self) -> list[dict]:
         return self.log.curve
@@ -334,7 +340,7 @@ def _best_start(problem: _Problem, starts: list[np.ndarray], info: dict, rigid_i
         label = f" (start {number})" if len(starts) > 1 else ""
         found = problem.stage(level, start, kind, iterations, lr, label) if iterations > 0 else start
         results.append((problem.loss(level, found), number, found))
-    loss, number, found = min(results, key=lambda r: r[0])
+    _, number, found = min(results, key=lambda r: r[0])
     info["chosen"] = info["starts"][number]
     return starts[number], found
 

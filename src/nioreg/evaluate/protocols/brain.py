@@ -188,8 +188,7 @@ class PairData:
     labels: list[int]
     axis: int
     index: int
-    inputs: object = None
-    """The :class:`nioreg.pipeline.RegistrationInputs` it came from: labels are warped from the original map."""
+    inputs: object  # nioreg.pipeline.RegistrationInputs: labels are warped from the original map
 
 
 def load_pair(plan: BrainPlan, atlas: dict, subject: dict) -> PairData:
@@ -244,13 +243,10 @@ def evaluate_displacement(pair: PairData, displacement) -> tuple[dict, dict]:
     """Dice per structure, Jacobian statistics and the figure slices of one registered pair."""
     import torch
 
-    from ...spatial import jacobian_determinant, warp, warp_labels
+    from ...spatial import jacobian_determinant, warp
 
     disp = displacement.float().cpu()
-    if pair.inputs is not None:  # once from the original label map, through headers, affine and displacement
-        warped_labels = pair.inputs.warp_moving_labels(disp)
-    else:
-        warped_labels = warp_labels(torch.as_tensor(pair.moving_labels.astype(np.int32))[None, None], disp)[0, 0].numpy()
+    warped_labels = pair.inputs.warp_moving_labels(disp)  # once from the original map: headers, affine, field
     dice = dice_per_label(pair.fixed_labels, warped_labels, labels=pair.labels)
     jac = jacobian_determinant(disp)[0].numpy()
     stats = jacobian_statistics(jac)
@@ -323,11 +319,8 @@ class BrainProtocol(Protocol):
         metrics, slices = evaluate_displacement(data, output.displacement)
         record = {"atlas": data.atlas, "subject": data.subject, **metrics, "shape": list(data.fixed.shape),
                   "details": output.details}
-        affine = getattr(data.inputs, "affine", None)
-        if affine is not None:  # once per pair, before every method; not part of the method's seconds
-            record["affine"] = {"matrix_fixed_to_moving_ras": affine.matrix.tolist(), "seconds": affine.seconds,
-                                "iterations": affine.iterations, "loss_initial": affine.initial_loss,
-                                "loss_final": affine.final_loss, "initialisation": affine.initialisation}
+        if data.inputs.affine is not None:  # once per pair, before every method; not in the method's seconds
+            record["affine"] = data.inputs.affine.summary()
         return Scored(record, {".npz": lambda tmp: np.savez_compressed(tmp, **slices)})
 
     def fatal(self, error: BaseException) -> bool:
