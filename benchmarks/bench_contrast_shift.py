@@ -10,15 +10,21 @@
    (CSF → c, GM → g, WM → w; constant below the CSF and above the WM centre): T2-like ``CSF 1.0, GM 0.65, WM 0.40`` (reversed order);
    FLAIR-like ``CSF 0.12, GM 0.75, WM 0.50`` (grey above white, CSF dark: not monotonic in T1, which is what
    squared LNCC cannot absorb). Partial-volume voxels fall between their classes, as in a real scan.
+   ``t1synth`` (a control) maps the T1 classes onto their own centres: the same recipe (flattened classes,
+   bias field, noise) without the contrast change, to tell what the contrast costs from what the rest does.
 3. A smooth multiplicative bias field ``exp(0.1·n)`` (n: unit-variance Gaussian noise smoothed with σ = 40 mm)
    and Gaussian noise (σ = 0.02) inside the brain; the background stays 0.
 
 **The registrations**: every moving subject to the T1 atlas S01 with the official OASIS-trained LapIRN
 through ``nioreg evaluate`` (``--affine none``: LPBA40 is pre-aligned), with each method spec of
-``--methods`` (default: ff, and io:200 and nio_m with lncc and with mind). The T1 -> T1 rows come from the
-same harness on the original images (``--contrasts t1,...``).
+``--methods`` (default: ff, and io:200 and nio_m with lncc, mind, ngf, and mind at λ 0.2, the value two
+tuning pairs, S05 and S06, suggested; ``--contrast different`` is MIND-SSC at λ 0.4, the mind rows). The T1 -> T1 rows come from the same harness on the original
+images (``--contrasts t1,...``); with them, the goal check compares every method on the other contrasts with
+T1 -> T1 ff on the same pairs (the issue's goal: NIO undoes the contrast shift).
 
-    python benchmarks/bench_contrast_shift.py --subjects S02,S03,S04,S05 --contrasts t1,flair,t2 --threads 1
+    python benchmarks/bench_contrast_shift.py --subjects S02,S03,S04,S07,S08,S09,S10 --contrasts t1,flair,t2 \
+        --subjects-for t2=S02,S03,S04 --methods-for "t1=ff;nio_m:100,60,30;nio_m:100,60,30@similarity=mind" \
+        --threads 1
 
 Output: runs/contrast_shift_x<factor>/ (git-ignored: derived LPBA40 images), one evaluation folder per
 contrast (each resumes where it stopped), benchmarks/results/contrast_shift.json and a Markdown table.
@@ -31,7 +37,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from bench_evaluate_lpba import prepare
 from common import save_result, shared_dir, split_list
@@ -39,8 +45,11 @@ from nioreg.evaluate.protocols.brain import run_brain
 from nioreg.io import load_image, load_labels, save_nifti
 
 HERE = Path(__file__).resolve().parent
-CONTRASTS = {"t2": (1.00, 0.65, 0.40), "flair": (0.12, 0.75, 0.50)}  # (CSF, GM, WM) values
-METHODS = ("ff;io:200;io:200@similarity=mind;nio_m:100,60,30;nio_m:100,60,30@similarity=mind")
+CONTRASTS = {"t2": (1.00, 0.65, 0.40), "flair": (0.12, 0.75, 0.50),  # (CSF, GM, WM) values
+             "t1synth": None}  # the subject's own T1 class centres: the recipe's other effects, no contrast change
+METHODS = ("ff;io:200;io:200@similarity=mind;io:200@similarity=ngf;io:200@similarity=mind@lambda=0.2;"
+           "nio_m:100,60,30;nio_m:100,60,30@similarity=mind;nio_m:100,60,30@similarity=ngf;"
+           "nio_m:100,60,30@similarity=mind@lambda=0.2")
 
 
 def tissue_centres(values: np.ndarray, iterations: int = 50) -> np.ndarray:
@@ -59,14 +68,14 @@ def change_contrast(t1: np.ndarray, spacing: tuple, contrast: str, seed: int) ->
     """The T1 image ``t1`` with the contrast ``contrast`` (see the module docstring); returns it and the recipe."""
     brain = ndimage.binary_fill_holes(t1 > 0)  # LPBA40's brain masks cut the ventricles out: they are CSF too
     centres = tissue_centres(t1[t1 > 0].astype(np.float64))
-    csf, gm, wm = CONTRASTS[contrast]
+    csf, gm, wm = centres if CONTRASTS[contrast] is None else CONTRASTS[contrast]
     out = np.interp(t1, [centres[0], centres[1], centres[2]], [csf, gm, wm])  # constant outside the centres
     rng = np.random.default_rng(seed)
     field = ndimage.gaussian_filter(rng.standard_normal(t1.shape), sigma=[40.0 / s for s in spacing])
     field /= max(float(field.std()), 1e-12)
     out = out * np.exp(0.1 * field) + rng.normal(0.0, 0.02, t1.shape)
     out = np.where(brain, np.clip(out, 0.0, None), 0.0).astype(np.float32)
-    return out, {"t1_class_centres": centres.tolist(), "values_csf_gm_wm": [csf, gm, wm], "seed": seed,
+    return out, {"t1_class_centres": centres.tolist(), "values_csf_gm_wm": [float(csf), float(gm), float(wm)], "seed": seed,
                  "bias": "exp(0.1 n), n smoothed with sigma 40 mm", "noise_sigma": 0.02}
 
 
@@ -109,28 +118,68 @@ def summary_rows(cases: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
+def goal_check(cases: dict[str, list[dict]]) -> list[dict]:
+    """Every method on each other contrast against T1 -> T1 ff on the same pairs (paired differences of mean
+    Dice; Wilcoxon signed-rank p-value from 5 pairs)."""
+    def by_subject(contrast: str, method: str) -> dict[str, float]:
+        return {r["subject"]: float(r["dice_mean"]) for r in cases.get(contrast, []) if r["method"] == method}
+
+    reference, rows = by_subject("t1", "ff"), []
+    for contrast in (c for c in cases if c != "t1"):
+        for method in dict.fromkeys(r["method"] for r in cases[contrast] if r["method"] != "initial"):
+            mine = by_subject(contrast, method)
+            pairs = sorted(set(mine) & set(reference))
+            if not pairs:
+                continue
+            delta = np.array([mine[s] - reference[s] for s in pairs])
+            p = float(stats.wilcoxon(delta).pvalue) if len(pairs) >= 5 and np.any(delta) else None
+            rows.append({"contrast": contrast, "method": method, "pairs": len(pairs), "mean_difference": float(delta.mean()),
+                         "worst_difference": float(delta.min()), "pairs_at_or_above": int(np.sum(delta >= 0)),
+                         "wilcoxon_p": p})
+    if rows:
+        print("| moving contrast | method | pairs | mean Δ Dice (− T1 → T1 ff) | worst Δ | pairs ≥ T1 ff | Wilcoxon p |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        p = "" if row["wilcoxon_p"] is None else f"{row['wilcoxon_p']:.3f}"
+        print(f"| {row['contrast']} | {row['method']} | {row['pairs']} | {row['mean_difference']:+.3f} | "
+              f"{row['worst_difference']:+.3f} | {row['pairs_at_or_above']} / {row['pairs']} | {p} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factor", type=int, default=2)
     parser.add_argument("--subjects", default="S02,S03,S04,S05")
-    parser.add_argument("--contrasts", default="t1,flair,t2", help="t1 (the original images), flair, t2")
+    parser.add_argument("--contrasts", default="t1,flair,t2", help="t1 (the original images), flair, t2, "
+                        "t1synth (the recipe without the contrast change)")
+    parser.add_argument("--subjects-for", action="append", default=[], metavar="CONTRAST=S02,S03",
+                        help="fewer subjects for one contrast (a subset of --subjects; repeatable)")
+    parser.add_argument("--methods-for", action="append", default=[], metavar="CONTRAST=SPEC;SPEC",
+                        help="other method specs for one contrast (repeatable), e.g. fewer T1 -> T1 rows")
     parser.add_argument("--methods", default=METHODS, help="method specs separated by ';'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tag", default="", help="a study of its own: eval_<contrast>_<tag>/ and "
+                        "results/contrast_shift_<tag>.json (runs with different tags may share the CPU)")
     args = parser.parse_args()
     subjects, methods = split_list(args.subjects), split_list(args.methods, ";")
+    subjects_of = {c: split_list(names) for c, _, names in (t.partition("=") for t in args.subjects_for)}
+    methods_of = {c: split_list(specs, ";") for c, _, specs in (t.partition("=") for t in args.methods_for)}
     out = HERE.parent / "runs" / f"contrast_shift_x{args.factor}"
     data = prepare(out, args.factor, subjects)
     cases, recipes = {}, {}
     for contrast in split_list(args.contrasts):
-        folder = data
+        mine, folder = subjects_of.get(contrast, subjects), data
         if contrast != "t1":
-            folder, recipes[contrast] = make_dataset(data, out, subjects, contrast, args.seed)
-        cases[contrast] = evaluate(folder, out / f"eval_{contrast}", subjects, methods, args)
+            folder, recipes[contrast] = make_dataset(data, out, mine, contrast, args.seed)
+        suffix = f"_{args.tag}" if args.tag else ""
+        cases[contrast] = evaluate(folder, out / f"eval_{contrast}{suffix}", mine,
+                                   methods_of.get(contrast, methods), args)
     rows = summary_rows(cases)
-    save_result("contrast_shift", {"subjects": subjects, "methods": methods, "recipes": recipes, "rows": rows,
-                                   "cases": cases})
+    goals = goal_check(cases)
+    save_result("contrast_shift" + (f"_{args.tag}" if args.tag else ""), {
+        "subjects": subjects, "subjects_for": subjects_of, "methods_for": methods_of, "methods": methods, "recipes": recipes, "rows": rows, "goal_check": goals, "cases": cases})
     print("| moving contrast | method | pairs | Dice | DSC30 | std\\|J\\| | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:

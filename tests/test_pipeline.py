@@ -526,6 +526,23 @@ def test_register_takes_a_similarity_measure_by_name(files, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_the_contrast_preset_sets_the_measure_and_lambda_and_explicit_choices_win(files, tmp_path):
+    from nioreg.defaults import CONTRAST_PRESETS
+
+    result = register_ff(files, tmp_path / "different", "--contrast", "different", "--affine", "none")
+    assert result.exit_code == 0, result.output
+    options = json.loads((tmp_path / "different" / "metrics.json").read_text())["options"]
+    assert {k: options[k] for k in ("similarity", "lam")} == CONTRAST_PRESETS["different"]
+    result = register_ff(files, tmp_path / "mine", "--contrast", "different", "--lambda", "0.3", "--similarity",
+                         "mind:dilation=1", "--affine", "none")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "mine" / "metrics.json").read_text())
+    assert (metrics["options"]["lam"], metrics["options"]["similarity"]) == (0.3, "mind:dilation=1")
+    assert metrics["similarity"]["parameters"]["dilation"] == 1
+    result = register_ff(files, tmp_path / "bad", "--contrast", "t2")
+    assert result.exit_code == 2 and "unknown contrast preset 't2'; choose one of same, different" in result.output
+
+
 def test_the_inverse_transform_maps_points_back(files, tmp_path):
     sitk = pytest.importorskip("SimpleITK")
     from nioreg.methods import RegistrationOptions

@@ -24,6 +24,7 @@ from nioreg.losses import (
     mind,
     mutual_information,
     ngf,
+    parse_similarity,
     prepare_fixed,
     prepare_mind,
     prepare_ngf,
@@ -292,7 +293,35 @@ def test_the_registry_holds_each_measure_with_defaults_and_scale():
     with pytest.raises(TypeError, match="similarity 'ngf' takes no parameter"):
         Similarity("ngf", window=3)
     assert Similarity("mind", dilation=1).describe() == {
-        "name": "mind", "parameters": {"radius": 1, "dilation": 1, "eps": 1e-6}, "scale": get_similarity("mind").scale}
+        "name": "mind", "parameters": {"radius": 1, "dilation": 1, "eps": 1e-6}, "scale": get_similarity("mind").scale,
+        "text": "mind:dilation=1"}
+
+
+@pytest.mark.parametrize("text, name, changed, canonical", [
+    ("mind", "mind", {}, "mind"),
+    (" MIND:dilation=1 ", "mind", {"dilation": 1}, "mind:dilation=1"),
+    ("mind:radius=2, dilation=1", "mind", {"radius": 2, "dilation": 1}, "mind:radius=2,dilation=1"),
+    ("mind:dilation=2", "mind", {}, "mind"),  # the default itself: the plain name
+    ("ngf:eps=0.05", "ngf", {"eps": 0.05}, "ngf:eps=0.05"),
+    ("lncc:window=5", "lncc", {"window": 5}, "lncc:window=5"),
+])
+def test_a_measure_with_its_parameters_is_read_from_text(text, name, changed, canonical):
+    measure = parse_similarity(text)
+    assert measure.name == name and measure.parameters == {**get_similarity(name).parameters, **changed}
+    assert measure.text == canonical and parse_similarity(canonical).parameters == measure.parameters
+    assert parse_similarity(measure) is measure
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ssd", "unknown similarity 'ssd'"),
+    ("mind:window=3", r"'window=3' is not KEY=VALUE with a parameter of mind \(radius, dilation, eps\)"),
+    ("mind:dilation", "'dilation' is not KEY=VALUE"),
+    ("mind:dilation=1.5", "dilation='1.5' is not a valid int"),
+    ("mi:value_range=1", "value_range cannot be set in text"),
+])
+def test_a_wrong_measure_text_names_the_problem(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_similarity(text)
 
 
 def test_the_scaled_measure_is_what_the_objective_uses():
@@ -362,6 +391,10 @@ def test_options_register_and_the_summary_carry_the_measure():
     assert lncc_result.summary()["similarity"]["name"] == "lncc"
     with pytest.raises(ValueError, match="unknown similarity 'sdd'"):
         register(fixed[0, 0], moving[0, 0], model, "ff", device="cpu", similarity="sdd")
+    dilated = register(fixed[0, 0], moving[0, 0], model, "io", iterations=3, device="cpu",
+                       similarity="mind:dilation=1")
+    assert dilated.summary()["similarity"] == Similarity("mind", dilation=1).describe()
+    assert dilated.final_loss != result.final_loss  # the parameter reached the objective
 
 
 def test_evaluate_specs_take_a_similarity():
@@ -374,6 +407,37 @@ def test_evaluate_specs_take_a_similarity():
     assert registration_options(parse_method_spec("io:5"), lam=0.4, seed=0).similarity == "lncc"
     with pytest.raises(SpecError, match="unknown similarity 'nmi'; choose one of lncc, mind, ngf, mi"):
         parse_method_spec("io:5@similarity=nmi")
+    spec = parse_method_spec("nio_m:100,60,30@similarity=mind:dilation=1")
+    assert spec.option_dict == {"similarity": "mind:dilation=1"}
+    assert spec.label == "nio_m_100-60-30_similaritymind-dilation-1"
+    with pytest.raises(SpecError, match="radius='x' is not a valid int"):
+        parse_method_spec("io:5@similarity=mind:radius=x")
+
+
+
+def test_the_contrast_preset_in_options_and_specs():
+    from nioreg.defaults import CONTRAST_PRESETS, DEFAULT_LAMBDA
+    from nioreg.evaluate.registration import registration_options
+    from nioreg.evaluate.specs import SpecError, parse_method_spec
+    from nioreg.methods import RegistrationOptions
+
+    preset = CONTRAST_PRESETS["different"]
+    assert preset["similarity"] != "lncc"
+    options = RegistrationOptions.for_contrast("different", method="io", lr=None)
+    assert (options.similarity, options.lam, options.method) == (preset["similarity"], preset["lam"], "io")
+    assert RegistrationOptions.for_contrast("different", lam=0.3).lam == 0.3
+    assert RegistrationOptions.for_contrast("same") == RegistrationOptions()
+    with pytest.raises(ValueError, match="unknown contrast preset 'flair'; choose one of same, different"):
+        RegistrationOptions.for_contrast("flair")
+    spec = parse_method_spec("nio_m:100,60,30@contrast=different")
+    assert spec.label == "nio_m_100-60-30_contrastdifferent"
+    resolved = registration_options(spec, lam=0.35, seed=0)  # the run's λ is not the preset's
+    assert (resolved.similarity, resolved.lam) == (preset["similarity"], preset["lam"])
+    resolved = registration_options(parse_method_spec("io:5@contrast=different@lambda=0.3"), lam=DEFAULT_LAMBDA, seed=0)
+    assert (resolved.similarity, resolved.lam) == (preset["similarity"], 0.3)
+    assert registration_options(parse_method_spec("io:5"), lam=0.35, seed=0).lam == 0.35
+    with pytest.raises(SpecError, match="unknown contrast preset 'flair'"):
+        parse_method_spec("io:5@contrast=flair")
 
 
 def test_the_trainer_optimises_the_chosen_measure():
@@ -381,6 +445,7 @@ def test_the_trainer_optimises_the_chosen_measure():
     from nioreg.train.trainer import TrainConfig, level_loss
 
     assert TrainConfig(similarity="NGF").to_dict()["similarity"] == "ngf"
+    assert TrainConfig(similarity="mind:dilation=1").to_dict()["similarity"] == "mind:dilation=1"
     with pytest.raises(ValueError, match="unknown similarity 'x'"):
         TrainConfig(similarity="x")
     torch.manual_seed(0)

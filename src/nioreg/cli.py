@@ -47,8 +47,10 @@ def _preset_help() -> str:
     return "Iteration preset (" + "; ".join(parts) + "); other methods keep their defaults."
 
 
-def _registration_options(method: str, iters: Optional[str], preset: Optional[str], **settings) -> RegistrationOptions:
-    """The command line's choices as one options object (validated: one clear message when wrong)."""
+def _registration_options(method: str, iters: Optional[str], preset: Optional[str], contrast: str = "same",
+                          **settings) -> RegistrationOptions:
+    """The command line's choices as one options object (validated: one clear message when wrong); settings
+    left ``None`` take the method's or the contrast preset's defaults."""
     if iters is not None and preset is not None:
         fail("give either --iters or --preset, not both")
     if preset is not None and preset not in preset_names():
@@ -58,16 +60,17 @@ def _registration_options(method: str, iters: Optional[str], preset: Optional[st
     except ValueError as error:
         fail(f"--iters: {error}")
     try:
-        options = RegistrationOptions(method=method, iterations=iterations, preset=preset, **settings)
+        options = RegistrationOptions.for_contrast(contrast, method=method, iterations=iterations, preset=preset,
+                                                   **settings)
         options.resolved_iterations()  # an unknown method or a wrong number of counts fails here, before any work
         if smoothing_name := settings.get("smoothing"):
             from .spatial import resolve_smoothing
 
             resolve_smoothing(smoothing_name)
         if options.similarity != "lncc":
-            from .losses.similarity import get_similarity
+            from .losses.similarity import parse_similarity
 
-            get_similarity(options.similarity)
+            parse_similarity(options.similarity)
     except ValueError as error:
         fail(str(error))
     return options
@@ -86,7 +89,7 @@ def register(
     iters: Optional[str] = typer.Option(None, "--iters", help="Iterations: one number (io, nio) or three (nio_m), e.g. 100,60,30."),
     preset: Optional[str] = typer.Option(None, "--preset", help=_preset_help()),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam step size (default 1e-4 for nio/nio_m, 0.1 voxel for io)."),
-    lam: float = typer.Option(DEFAULT_LAMBDA, "--lambda", help="Regularisation weight λ in [0, 1] of (1-λ)·LNCC + λ·diffusion."),
+    lam: Optional[float] = typer.Option(None, "--lambda", help=f"Regularisation weight λ in [0, 1] of (1-λ)·S + λ·diffusion (default {DEFAULT_LAMBDA})."),
     variant: Optional[str] = typer.Option(None, "--variant", help="For official .pth checkpoints: disp, diff or clapirn-lite."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     precision: str = typer.Option("auto", "--precision", help="Network arithmetic: auto (bf16 where the GPU or CPU computes it natively: CUDA compute capability 8.0+, AVX-512 BF16, AMX; else fp32), fp32, or bf16 (autocast; loss and optimiser stay fp32). The choice and its reason go into metrics.json."),
@@ -103,20 +106,24 @@ def register(
                                                "(.txt/.tfm/.mat, fixed -> moving); with --affine none it is used as is."),
     inverse: bool = typer.Option(False, "--inverse", help="Also write the moving -> fixed transform "
                                  "(inverse_displacement_itk.nii.gz on the moving grid, inverse_affine.txt)."),
-    similarity: str = typer.Option("lncc", "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: "
-                                   "lncc (default), mind, ngf or mi (MIND-SSC/NGF/MI: for different contrasts); also the affine stage's."),
+    contrast: str = typer.Option("same", "--contrast", help="How the moving image's contrast relates to the fixed "
+                                 "one's: same (default: LNCC, λ 0.4, the paper's) or different (e.g. T2/FLAIR onto a T1 "
+                                 "atlas: MIND-SSC, measured in BENCHMARKS.md); --similarity/--lambda override it."),
+    similarity: Optional[str] = typer.Option(None, "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: "
+                                   "lncc (default), mind, ngf or mi (MIND-SSC/NGF/MI: for different contrasts), parameters as "
+                                   "NAME:KEY=VALUE,... (mind:dilation=1); also the affine stage's."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Register MOVING to FIXED and write warped image(s), displacement fields and metrics.json."""
     from .pipeline import register_files
 
-    options = _registration_options(method, iters, preset, lr=lr, lam=lam, seed=seed, device=device,
+    options = _registration_options(method, iters, preset, contrast, lr=lr, lam=lam, seed=seed, device=device,
                                     precision=precision, smoothing=smoothing, similarity=similarity)
     start_command(threads)
     try:
         from .prealign import AffineStage
 
-        stage = AffineStage(affine, init_file=affine_init, device=device, similarity=similarity)
+        stage = AffineStage(affine, init_file=affine_init, device=device, similarity=options.similarity)
         result, metrics = register_files(
             fixed, moving, model, out, options, fixed_labels=fixed_labels, moving_labels=moving_labels, mask=mask,
             variant=variant, fixed_orientation=fixed_orientation, moving_orientation=moving_orientation,

@@ -2,3 +2,12 @@
 
 DEFAULT_LAMBDA: float = 0.4
 """λ of the objective (1 − λ)·LNCC + λ·diffusion: the paper's value for training and for instance optimisation."""
+
+CONTRAST_PRESETS: dict[str, dict] = {
+    "same": {"similarity": "lncc", "lam": DEFAULT_LAMBDA},
+    "different": {"similarity": "mind", "lam": DEFAULT_LAMBDA},
+}
+"""The objective by how the moving image's contrast relates to the fixed one's (``--contrast``):
+``same`` is the paper's (LNCC, λ = 0.4); ``different`` (a T2 or FLAIR moving image onto a T1 atlas, with a
+network trained on T1) is MIND-SSC, the best measure of ``benchmarks/bench_contrast_shift.py``, at the same
+λ (its scale keeps λ's meaning; λ = 0.2 gained nothing on held-out pairs: BENCHMARKS.md, "Contrast shift")."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from .io import InputError, Volume
 from .io.transforms import load_itk_affine
-from .losses.similarity import get_similarity
+from .losses.similarity import parse_similarity
 from .methods.affine import AffineResult, PreparedSimilarity, register_affine
 from .methods.loop import OptimisationLog
 
@@ -51,7 +51,7 @@ class AffineStage:
     def __post_init__(self) -> None:
         if self.mode not in AFFINE_MODES:
             raise InputError(f"--affine must be one of {', '.join(AFFINE_MODES)}, got {self.mode!r}")
-        get_similarity(self.similarity)  # an unknown name fails here, before any work
+        parse_similarity(self.similarity)  # an unknown name or parameter fails here, before any work
 
     @property
     def active(self) -> bool:

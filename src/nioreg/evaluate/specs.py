@@ -10,7 +10,10 @@ The one parser of both protocols. Examples::
     nio_m:100,60,30@lr=2e-4@lambda=0.3
     nio_m:100,60,30@precision=bf16   the network in bf16 autocast (loss and optimiser stay fp32); the
                             default, auto, is bf16 where the device computes it natively, else fp32
-    nio_m:100,60,30@similarity=mind  the objective with MIND-SSC instead of LNCC (also ngf, mi)
+    nio_m:100,60,30@similarity=mind  the objective with MIND-SSC instead of LNCC (also ngf, mi; parameters
+                            as mind:dilation=1)
+    nio_m:100,60,30@contrast=different  the cross-contrast preset (MIND-SSC: nioreg.defaults.
+                            CONTRAST_PRESETS); an explicit @similarity= or @lambda= wins over it
     syn                     ANTs SyN (antspyx; options: iters=100x70x50, metric=CC, radius=4, ...)
     niftyreg@maxit=300      NiftyReg reg_f3d (options: maxit, ln, lp, be, le, sx, sim)
     best=nio_m:100,60,60    an explicit label (table row / result file name)
@@ -36,7 +39,7 @@ from ..runtime import PRECISIONS
 BASELINES = ("syn", "niftyreg")
 IDENTITY = ("initial",)
 
-LEARNED_OPTIONS = {"lr": float, "lambda": float, "seed": int, "precision": str, "similarity": str}
+LEARNED_OPTIONS = {"lr": float, "lambda": float, "seed": int, "precision": str, "similarity": str, "contrast": str}
 BASELINE_OPTIONS = {
     "syn": {"iters": str, "metric": str, "radius": int, "transform": str, "grad_step": float,
             "flow_sigma": float, "total_sigma": float},
@@ -177,15 +180,22 @@ def _parse_options(raw: str, name: str, parts: list[str]) -> dict[str, object]:
         raise _fail(raw, f"precision must be one of {', '.join(PRECISIONS)}")
     if "similarity" in options:
         options["similarity"] = _check_similarity(raw, str(options["similarity"]))
+    if "contrast" in options:
+        from ..defaults import CONTRAST_PRESETS
+
+        if options["contrast"] not in CONTRAST_PRESETS:
+            raise _fail(raw, f"unknown contrast preset {options['contrast']!r}; choose one of "
+                        f"{', '.join(CONTRAST_PRESETS)}")
     return options
 
 
-def _check_similarity(raw: str, name: str) -> str:
-    from ..losses.similarity import similarity_names  # lazily: the parser is torch-free until a measure is named
+def _check_similarity(raw: str, text: str) -> str:
+    from ..losses.similarity import parse_similarity  # lazily: the parser is torch-free until a measure is named
 
-    if name.lower() not in similarity_names():
-        raise _fail(raw, f"unknown similarity {name!r}; choose one of {', '.join(similarity_names())}")
-    return name.lower()
+    try:
+        return parse_similarity(text.lower()).text
+    except ValueError as error:
+        raise _fail(raw, str(error)) from None
 
 
 def automatic_label(name: str, iterations: tuple[int, ...] | None, options: dict[str, object]) -> str:

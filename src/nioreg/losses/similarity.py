@@ -25,7 +25,8 @@ from .mind import mind, prepare_mind
 from .mutual_information import mutual_information
 from .ngf import ngf, prepare_ngf
 
-__all__ = ["SimilarityEntry", "Similarity", "register_similarity", "get_similarity", "similarity_names"]
+__all__ = ["SimilarityEntry", "Similarity", "register_similarity", "get_similarity", "similarity_names",
+           "parse_similarity"]
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,48 @@ class Similarity:
         """The unscaled ``nn.Module`` form with these parameters."""
         return self.entry.module(**self.parameters)
 
+    @property
+    def text(self) -> str:
+        """The measure as :func:`parse_similarity` reads it: the name, then the parameters that differ from the
+        registered defaults (``mind``, ``mind:dilation=1``)."""
+        changed = {k: v for k, v in self.parameters.items() if v != self.entry.parameters.get(k)}
+        return self.name + (":" + ",".join(f"{k}={v}" for k, v in changed.items()) if changed else "")
+
     def describe(self) -> dict:
-        """JSON-ready record: name, parameters, scale."""
-        return {"name": self.name, "parameters": dict(self.parameters), "scale": self.scale}
+        """JSON-ready record: name, parameters, scale, text."""
+        return {"name": self.name, "parameters": dict(self.parameters), "scale": self.scale, "text": self.text}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.parameters.items())
         return f"Similarity({self.name!r}, {params}, scale={self.scale:g})"
+
+
+def parse_similarity(text: "str | Similarity") -> Similarity:
+    """``NAME`` or ``NAME:KEY=VALUE,...`` as a :class:`Similarity` (``mind``, ``mind:dilation=1,radius=2``).
+
+    The form of ``--similarity`` and of the evaluate option ``@similarity=``. A value takes the type of the
+    parameter's default (int or float); an unknown name, parameter or value is one ``ValueError`` naming it.
+    """
+    if isinstance(text, Similarity):
+        return text
+    name, _, rest = str(text).strip().partition(":")
+    entry = get_similarity(name)
+    parameters: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = (t.strip() for t in part.partition("="))
+        if not eq or key not in entry.parameters:
+            known = ", ".join(entry.parameters) or "none"
+            raise ValueError(f"similarity {text!r}: {part!r} is not KEY=VALUE with a parameter of "
+                             f"{entry.name} ({known})")
+        kind = type(entry.parameters[key])
+        if kind not in (int, float):
+            raise ValueError(f"similarity {text!r}: {key} cannot be set in text (use Similarity({entry.name!r}, "
+                             f"{key}=...))")
+        try:
+            parameters[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"similarity {text!r}: {key}={value!r} is not a valid {kind.__name__}") from None
+    return Similarity(entry.name, **parameters)
 
 
 def _prepare_lncc(fixed: Tensor, window: int, eps: float) -> PreparedFixed:

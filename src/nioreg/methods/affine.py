@@ -31,7 +31,7 @@ from ..io.errors import InputError
 from ..io.preprocess import Preprocessing
 from ..io.resample import resample_to
 from ..io.volume import Volume
-from ..losses.similarity import Similarity as Measure, get_similarity
+from ..losses.similarity import Similarity as Measure, parse_similarity
 from ..spatial import identity_grid, sample
 from .loop import OptimisationLog, Safeguards, run_stage
 
@@ -58,20 +58,21 @@ costs time (on the 256³ OASIS pair the 2 mm level shrinks from 128³ to 78×80�
 
 
 class PreparedSimilarity:
-    """A registered similarity by name as ``similarity(fixed, warped)``, the fixed image's part (LNCC's window
+    """A registered similarity (``lncc``, ``mind:dilation=1``: :func:`~nioreg.losses.parse_similarity`) as
+    ``similarity(fixed, warped)``, the fixed image's part (LNCC's window
     statistics, MIND descriptors...) computed once per level image instead of at every iteration. LNCC's
     window shrinks to fit a level smaller than 7 voxels along an axis."""
 
     def __init__(self, name: str = "lncc") -> None:
-        get_similarity(name)  # an unknown name fails here, before any work
-        self.name = name
+        self.measure = parse_similarity(name)  # an unknown name or parameter fails here, before any work
+        self.name = self.measure.name
         self.bound: dict[int, tuple] = {}  # id(fixed) -> (fixed, measure, prepared); holding fixed keeps ids unique
 
     def _bind(self, fixed: Tensor) -> tuple:
-        parameters = {}
+        parameters = dict(self.measure.parameters)
         if self.name == "lncc":
             smallest = min(fixed.shape[2:])
-            parameters["window"] = min(7, smallest - (1 - smallest % 2))
+            parameters["window"] = min(parameters["window"], smallest - (1 - smallest % 2))
         measure = Measure(self.name, **parameters)
         return fixed, measure, measure.prepare(fixed)
 

@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..defaults import DEFAULT_LAMBDA
+from ..defaults import CONTRAST_PRESETS, DEFAULT_LAMBDA
 from ..runtime import LAYOUTS, PRECISIONS
 from .registry import MethodEntry, get_method
 
-__all__ = ["PRECISIONS", "RegistrationOptions", "iterations_from_text"]
+__all__ = ["PRECISIONS", "RegistrationOptions", "contrast_settings", "iterations_from_text"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class RegistrationOptions:
     one (:meth:`nioreg.methods.registry.MethodEntry.iterations_for`). ``smoothing``: a deformation model
     applied to every field (``None``, ``"bspline"`` or a callable, see :func:`nioreg.spatial.resolve_smoothing`).
     ``similarity``: the measure S of the objective by name (:mod:`nioreg.losses.similarity`; validated there,
-    lazily, so that this module stays free of torch).
+    lazily, so that this module stays free of torch). :meth:`for_contrast` builds options from a contrast
+    preset (its similarity and λ; the options record those, not the preset's name).
     ``precision``: the network's arithmetic, ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: bf16 where the
     device computes it natively, else fp32 (:func:`nioreg.runtime.resolve_precision`). Only the network runs
     in bf16: its field is returned in fp32, and the loss, the warp of the full-resolution images and the
@@ -46,6 +47,12 @@ class RegistrationOptions:
     memory_format: str = "auto"
     smoothing: str | Callable | None = None
     similarity: str = "lncc"
+
+    @classmethod
+    def for_contrast(cls, contrast: str, **choices: Any) -> "RegistrationOptions":
+        """Options with the contrast preset's similarity and λ (:data:`nioreg.defaults.CONTRAST_PRESETS`);
+        ``choices`` (other fields, or an explicit ``similarity``/``lam``) win over the preset."""
+        return cls(**{**contrast_settings(contrast), **{k: v for k, v in choices.items() if v is not None}})
 
     def __post_init__(self) -> None:
         if not isinstance(self.similarity, str) or not self.similarity.strip():
@@ -88,6 +95,13 @@ class RegistrationOptions:
         if callable(self.smoothing):
             out["smoothing"] = type(self.smoothing).__name__
         return out
+
+
+def contrast_settings(contrast: str) -> dict[str, Any]:
+    """The similarity and λ of a contrast preset (``same``, ``different``); ValueError naming the presets."""
+    if contrast not in CONTRAST_PRESETS:
+        raise ValueError(f"unknown contrast preset {contrast!r}; choose one of {', '.join(CONTRAST_PRESETS)}")
+    return dict(CONTRAST_PRESETS[contrast])
 
 
 def iterations_from_text(text: str | None) -> tuple[int, ...] | None:

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..losses import Similarity, registration_loss
+from ..losses import Similarity, parse_similarity, registration_loss
 from ..spatial import warp
 from .loop import OptimisationLog, Safeguards
 from .network import PairNetwork
@@ -60,7 +60,7 @@ class Pair:
         """:attr:`similarity` as a :class:`~nioreg.losses.Similarity` (built once)."""
         if self._measure is None:
             sim = self.similarity
-            self._measure = sim if isinstance(sim, Similarity) else Similarity(sim)
+            self._measure = parse_similarity(sim)
         return self._measure
 
     def objective(self, disp: Tensor) -> tuple[Tensor, Tensor, Tensor]:

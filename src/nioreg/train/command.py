@@ -59,7 +59,8 @@ def train_command(
     lambda_range: str = typer.Option("0,1", "--lambda-range", help="Conditional LapIRN: λ is drawn uniformly from this range."),
     freeze_steps: int = typer.Option(2000, "--freeze-steps", help="Steps at the start of levels 2 and 3 during which the lower levels stay frozen (official LapIRN: 2000)."),
     window: int = typer.Option(7, "--window", help="LNCC window (odd); clamped at coarse levels to fit the image."),
-    similarity: str = typer.Option("lncc", "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: lncc (default), mind, ngf or mi."),
+    similarity: str = typer.Option("lncc", "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: lncc (default), mind, ngf or mi; "
+                                   "parameters as NAME:KEY=VALUE,... (mind:dilation=1)."),
     orientation: Optional[str] = typer.Option(None, "--orientation", help="Override the headers' orientation, e.g. RAS."),
     spacing: Optional[str] = typer.Option(None, "--spacing", help="Resample to this voxel size in mm: one value or three (e.g. 2 or 1,1,1)."),
     shape: Optional[str] = typer.Option(None, "--shape", help="Centre crop/pad to this shape, e.g. 160,192,160."),

@@ -27,7 +27,7 @@ import torch
 import typer
 
 from ..io import InputError, read_dataset, write_json_atomic
-from ..losses import Similarity
+from ..losses import parse_similarity
 from ..io.preprocess import Preprocessing
 from ..io.write import plain_values
 from ..models import LapIRN, build_model, save_model
@@ -406,7 +406,7 @@ def _grid_of(sample):
 
 def _objective_text(similarity: str) -> str:
     """The trained objective in words, with the measure's parameters and scale (model metadata)."""
-    measure = Similarity(similarity).describe()
+    measure = parse_similarity(similarity).describe()
     scale = "" if measure["scale"] == 1.0 else f"{measure['scale']:g} * "
     params = ", ".join(f"{k}={v}" for k, v in measure["parameters"].items())
-    return f"(1 - lambda) * {scale}{similarity.upper()}({params}) + lambda * diffusion (half-voxel units)"
+    return f"(1 - lambda) * {scale}{measure['name'].upper()}({params}) + lambda * diffusion (half-voxel units)"

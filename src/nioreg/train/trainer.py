@@ -50,7 +50,7 @@ from ..defaults import DEFAULT_LAMBDA
 from ..progress import progress
 from ..io import InputError
 from ..io.write import atomic_write, plain_values
-from ..losses import Similarity, get_similarity, registration_loss
+from ..losses import parse_similarity, registration_loss
 from ..models import LapIRN, official_to_voxel, pyramid_downsample
 from ..spatial import warp
 
@@ -97,7 +97,7 @@ class TrainConfig:
         self.lambda_range = (lo, hi)
         if self.window < 1 or self.window % 2 == 0:
             raise ValueError(f"the LNCC window must be an odd integer >= 1, got {self.window}")
-        self.similarity = get_similarity(self.similarity).name  # ValueError listing the measures
+        self.similarity = parse_similarity(self.similarity).text  # ValueError naming what is wrong
         for key in ("log_every",):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -158,7 +158,7 @@ def level_loss(model: nn.Module, fixed: Tensor, moving: Tensor, level: int, lam:
             weights = pyramid_downsample(weights)
         if not bool(weights.sum() > 0):
             weights = None
-    measure = None if similarity == "lncc" else Similarity(similarity)
+    measure = None if similarity == "lncc" else parse_similarity(similarity)
     return registration_loss(fixed_l, warp(moving_l, disp), disp, lam=lam,
                              window=lncc_window(window, fixed_l.shape[2:]), mask=weights, similarity=measure)
 
