@@ -18,13 +18,15 @@
 **The registrations**: every moving subject to the T1 atlas S01 with the official OASIS-trained LapIRN
 through ``nioreg evaluate`` (``--affine none``: LPBA40 is pre-aligned), with each method spec of
 ``--methods`` (default: ff, and io:200 and nio_m with lncc, mind, ngf, and mind at λ 0.2, the value two
-tuning pairs, S05 and S06, suggested; ``--contrast different`` is MIND-SSC at λ 0.4, the mind rows). The T1 -> T1 rows come from the same harness on the original
-images (``--contrasts t1,...``); with them, the goal check compares every method on the other contrasts with
-T1 -> T1 ff on the same pairs (the issue's goal: NIO undoes the contrast shift).
+tuning pairs, S05 and S06, suggested; ``--contrast different`` is MIND-SSC at λ 0.4, the mind rows). The
+T1 -> T1 rows come from the same harness on the original images (``--contrasts t1,...``); with them, the
+goal check compares every method on the other contrasts with T1 -> T1 ff on the same pairs (the issue's
+goal: NIO undoes the contrast shift).
 
-    python benchmarks/bench_contrast_shift.py --subjects S02,S03,S04,S07,S08,S09,S10 --contrasts t1,flair,t2 \
-        --subjects-for t2=S02,S03,S04 --methods-for "t1=ff;nio_m:100,60,30;nio_m:100,60,30@similarity=mind" \
-        --threads 1
+    python benchmarks/bench_contrast_shift.py --subjects S02,S03,S04,S07,S08,S09,S10 \
+        --contrasts t1,flair,t2,t1synth --subjects-for t2=S02,S03,S04 \
+        --methods-for "t1=ff;nio_m:100,60,30;nio_m:100,60,30@similarity=mind" \
+        --methods-for "t1synth=ff;nio_m:100,60,30;nio_m:100,60,30@similarity=mind" --threads 1
 
 Output: runs/contrast_shift_x<factor>/ (git-ignored: derived LPBA40 images), one evaluation folder per
 contrast (each resumes where it stopped), benchmarks/results/contrast_shift.json and a Markdown table.
@@ -75,8 +77,8 @@ def change_contrast(t1: np.ndarray, spacing: tuple, contrast: str, seed: int) ->
     field /= max(float(field.std()), 1e-12)
     out = out * np.exp(0.1 * field) + rng.normal(0.0, 0.02, t1.shape)
     out = np.where(brain, np.clip(out, 0.0, None), 0.0).astype(np.float32)
-    return out, {"t1_class_centres": centres.tolist(), "values_csf_gm_wm": [float(csf), float(gm), float(wm)], "seed": seed,
-                 "bias": "exp(0.1 n), n smoothed with sigma 40 mm", "noise_sigma": 0.02}
+    return out, {"t1_class_centres": centres.tolist(), "values_csf_gm_wm": [float(csf), float(gm), float(wm)],
+                 "seed": seed, "bias": "exp(0.1 n), n smoothed with sigma 40 mm", "noise_sigma": 0.02}
 
 
 def make_dataset(data: Path, out: Path, subjects: list[str], contrast: str, seed: int) -> tuple[Path, dict]:
@@ -133,11 +135,12 @@ def goal_check(cases: dict[str, list[dict]]) -> list[dict]:
                 continue
             delta = np.array([mine[s] - reference[s] for s in pairs])
             p = float(stats.wilcoxon(delta).pvalue) if len(pairs) >= 5 and np.any(delta) else None
-            rows.append({"contrast": contrast, "method": method, "pairs": len(pairs), "mean_difference": float(delta.mean()),
-                         "worst_difference": float(delta.min()), "pairs_at_or_above": int(np.sum(delta >= 0)),
-                         "wilcoxon_p": p})
+            rows.append({"contrast": contrast, "method": method, "pairs": len(pairs),
+                         "mean_difference": float(delta.mean()), "worst_difference": float(delta.min()),
+                         "pairs_at_or_above": int(np.sum(delta >= 0)), "wilcoxon_p": p})
     if rows:
-        print("| moving contrast | method | pairs | mean Δ Dice (− T1 → T1 ff) | worst Δ | pairs ≥ T1 ff | Wilcoxon p |")
+        print("| moving contrast | method | pairs | mean Δ Dice (− T1 → T1 ff) | worst Δ | pairs ≥ T1 ff "
+              "| Wilcoxon p |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         p = "" if row["wilcoxon_p"] is None else f"{row['wilcoxon_p']:.3f}"
@@ -179,7 +182,8 @@ def main() -> None:
     rows = summary_rows(cases)
     goals = goal_check(cases)
     save_result("contrast_shift" + (f"_{args.tag}" if args.tag else ""), {
-        "subjects": subjects, "subjects_for": subjects_of, "methods_for": methods_of, "methods": methods, "recipes": recipes, "rows": rows, "goal_check": goals, "cases": cases})
+        "subjects": subjects, "subjects_for": subjects_of, "methods": methods, "methods_for": methods_of,
+        "recipes": recipes, "rows": rows, "goal_check": goals, "cases": cases})
     print("| moving contrast | method | pairs | Dice | DSC30 | std\\|J\\| | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
