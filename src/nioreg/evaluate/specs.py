@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..runtime import PRECISIONS
-
 BASELINES = ("syn", "niftyreg")
 IDENTITY = ("initial",)
 
@@ -181,11 +180,12 @@ def _parse_options(raw: str, name: str, parts: list[str]) -> dict[str, object]:
     if "similarity" in options:
         options["similarity"] = _check_similarity(raw, str(options["similarity"]))
     if "contrast" in options:
-        from ..defaults import CONTRAST_PRESETS
+        from ..methods.options import contrast_settings  # torch-free, like this parser
 
-        if options["contrast"] not in CONTRAST_PRESETS:
-            raise _fail(raw, f"unknown contrast preset {options['contrast']!r}; choose one of "
-                        f"{', '.join(CONTRAST_PRESETS)}")
+        try:
+            contrast_settings(str(options["contrast"]))
+        except ValueError as error:
+            raise _fail(raw, str(error)) from None
     return options
 
 

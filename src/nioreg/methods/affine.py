@@ -65,15 +65,14 @@ class PreparedSimilarity:
 
     def __init__(self, name: str = "lncc") -> None:
         self.measure = parse_similarity(name)  # an unknown name or parameter fails here, before any work
-        self.name = self.measure.name
         self.bound: dict[int, tuple] = {}  # id(fixed) -> (fixed, measure, prepared); holding fixed keeps ids unique
 
     def _bind(self, fixed: Tensor) -> tuple:
         parameters = dict(self.measure.parameters)
-        if self.name == "lncc":
+        if self.measure.name == "lncc":
             smallest = min(fixed.shape[2:])
             parameters["window"] = min(parameters["window"], smallest - (1 - smallest % 2))
-        measure = Measure(self.name, **parameters)
+        measure = Measure(self.measure.name, **parameters)
         return fixed, measure, measure.prepare(fixed)
 
     def __call__(self, fixed: Tensor, warped: Tensor) -> Tensor:
