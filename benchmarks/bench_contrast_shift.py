@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from scipy import ndimage, stats
 from bench_evaluate_lpba import prepare
 from common import save_result, shared_dir, split_list
 from nioreg.evaluate.protocols.brain import run_brain
+from nioreg.evaluate.specs import parse_method_spec
 from nioreg.io import load_image, load_labels, save_nifti
 
 HERE = Path(__file__).resolve().parent
@@ -51,7 +53,8 @@ CONTRASTS = {"t2": (1.00, 0.65, 0.40), "flair": (0.12, 0.75, 0.50),  # (CSF, GM,
              "t1synth": None}  # the subject's own T1 class centres: the recipe's other effects, no contrast change
 METHODS = ("ff;io:200;io:200@similarity=mind;io:200@similarity=ngf;io:200@similarity=mind@lambda=0.2;"
            "nio_m:100,60,30;nio_m:100,60,30@similarity=mind;nio_m:100,60,30@similarity=ngf;"
-           "nio_m:100,60,30@similarity=mind@lambda=0.2")
+           "nio_m:100,60,30@similarity=mind@lambda=0.2;"
+           "ff@match_contrast=yes;io:200@similarity=mind@match_contrast=yes;nio_m:100,60,30@contrast=different")
 
 
 def tissue_centres(values: np.ndarray, iterations: int = 50) -> np.ndarray:
@@ -103,6 +106,26 @@ def evaluate(data: Path, out: Path, subjects: list[str], methods: list[str], arg
     with (out / "cases.csv").open() as handle:
         keys = ("method", "subject", "dice_mean", "jacobian_std", "seconds")
         return [{k: row.get(k) for k in keys} for row in csv.DictReader(handle)]
+
+
+def gather_cases(out: Path, contrast: str, tags: list[str], target: Path, subjects: list[str],
+                 methods: list[str]) -> int:
+    """Copy the finished cases of this run's methods and subjects from the studies ``tags`` (``eval_<contrast>``
+    for the empty tag, else ``eval_<contrast>_<tag>``) into ``target``, where it has none yet: studies run as
+    separate processes on the CPU, gathered for one table. Returns how many cases were copied."""
+    labels = ["initial"] + [parse_method_spec(spec, preset="brain").label for spec in methods]
+    copied = 0
+    for tag in tags:
+        source = out / (f"eval_{contrast}_{tag}" if tag else f"eval_{contrast}") / "cases"
+        for label in labels:
+            for subject in subjects:
+                for suffix in (".json", ".npz"):
+                    name = f"{label}/S01__{subject}{suffix}"
+                    if (source / name).is_file() and not (target / "cases" / name).exists():
+                        (target / "cases" / label).mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(source / name, target / "cases" / name)
+                        copied += suffix == ".json"
+    return copied
 
 
 def summary_rows(cases: dict[str, list[dict]]) -> list[dict]:
@@ -165,8 +188,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tag", default="", help="a study of its own: eval_<contrast>_<tag>/ and "
                         "results/contrast_shift_<tag>.json (runs with different tags may share the CPU)")
+    parser.add_argument("--gather", default=None, metavar="TAG,TAG", help="first copy finished cases of these "
+                        "studies (tags; 'base' for the untagged one) into this one's folders, then evaluate what is "
+                        "still missing")
     args = parser.parse_args()
     subjects, methods = split_list(args.subjects), split_list(args.methods, ";")
+    gather = ["" if tag == "base" else tag for tag in split_list(args.gather or "")]
     subjects_of = {c: split_list(names) for c, _, names in (t.partition("=") for t in args.subjects_for)}
     methods_of = {c: split_list(specs, ";") for c, _, specs in (t.partition("=") for t in args.methods_for)}
     out = HERE.parent / "runs" / f"contrast_shift_x{args.factor}"
@@ -177,8 +204,10 @@ def main() -> None:
         if contrast != "t1":
             folder, recipes[contrast] = make_dataset(data, out, mine, contrast, args.seed)
         suffix = f"_{args.tag}" if args.tag else ""
-        cases[contrast] = evaluate(folder, out / f"eval_{contrast}{suffix}", mine,
-                                   methods_of.get(contrast, methods), args)
+        target, specs = out / f"eval_{contrast}{suffix}", methods_of.get(contrast, methods)
+        if args.gather:
+            print(f"{contrast}: {gather_cases(out, contrast, gather, target, mine, specs)} cases gathered")
+        cases[contrast] = evaluate(folder, target, mine, specs, args)
     rows = summary_rows(cases)
     goals = goal_check(cases)
     save_result("contrast_shift" + (f"_{args.tag}" if args.tag else ""), {

@@ -169,6 +169,7 @@ def test_full_run_report_files(dataset, tmp_path):
     rec = json.loads((out / "cases" / "io_2" / "S01__S03.json").read_text())
     dice = [v for v in rec["dice"].values() if v is not None]
     assert rec["dice_mean"] == pytest.approx(np.mean(dice)) and rec["n_structures"] == len(dice)
+    assert rec["details"]["similarity"]["name"] == "lncc" and rec["details"]["match_contrast"] is False
     cases = [json.loads((out / "cases" / "io_2" / f"S01__S0{i}.json").read_text())["dice_mean"] for i in (2, 3, 4)]
     assert rows["io_2"]["dice"][0] == pytest.approx(np.mean(cases))
     assert rows["io_2"]["dsc30"][0] == pytest.approx(min(cases))

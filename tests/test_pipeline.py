@@ -531,14 +531,16 @@ def test_the_contrast_preset_sets_the_measure_and_lambda_and_explicit_choices_wi
 
     result = register_ff(files, tmp_path / "different", "--contrast", "different", "--affine", "none")
     assert result.exit_code == 0, result.output
-    options = json.loads((tmp_path / "different" / "metrics.json").read_text())["options"]
-    assert {k: options[k] for k in ("similarity", "lam")} == CONTRAST_PRESETS["different"]
+    metrics = json.loads((tmp_path / "different" / "metrics.json").read_text())
+    assert {k: metrics["options"][k] for k in ("similarity", "lam", "match_contrast")} == CONTRAST_PRESETS["different"]
+    assert len(metrics["contrast_matching"]["table"]) == 64
     result = register_ff(files, tmp_path / "mine", "--contrast", "different", "--lambda", "0.3", "--similarity",
-                         "mind:dilation=1", "--affine", "none")
+                         "mind:dilation=1", "--no-match-contrast", "--affine", "none")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "mine" / "metrics.json").read_text())
     assert (metrics["options"]["lam"], metrics["options"]["similarity"]) == (0.3, "mind:dilation=1")
     assert metrics["similarity"]["parameters"]["dilation"] == 1
+    assert metrics["options"]["match_contrast"] is False and metrics["contrast_matching"] is None
     result = register_ff(files, tmp_path / "bad", "--contrast", "t2")
     assert result.exit_code == 2 and "unknown contrast preset 't2'; choose one of same, different" in result.output
 

@@ -425,6 +425,7 @@ def test_the_contrast_preset_in_options_and_specs():
     assert preset["similarity"] != "lncc"
     options = RegistrationOptions.for_contrast("different", method="io", lr=None)
     assert (options.similarity, options.lam, options.method) == (preset["similarity"], preset["lam"], "io")
+    assert options.match_contrast is preset["match_contrast"] is True
     assert RegistrationOptions.for_contrast("different", lam=0.3).lam == 0.3
     assert RegistrationOptions.for_contrast("same") == RegistrationOptions()
     with pytest.raises(ValueError, match="unknown contrast preset 'flair'; choose one of same, different"):
@@ -435,6 +436,8 @@ def test_the_contrast_preset_in_options_and_specs():
     assert (resolved.similarity, resolved.lam) == (preset["similarity"], preset["lam"])
     resolved = registration_options(parse_method_spec("io:5@contrast=different@lambda=0.3"), lam=DEFAULT_LAMBDA, seed=0)
     assert (resolved.similarity, resolved.lam) == (preset["similarity"], 0.3)
+    resolved = registration_options(parse_method_spec("io:5@contrast=different@match_contrast=no"), lam=0.4, seed=0)
+    assert resolved.match_contrast is False
     assert registration_options(parse_method_spec("io:5"), lam=0.35, seed=0).lam == 0.35
     with pytest.raises(SpecError, match="unknown contrast preset 'flair'"):
         parse_method_spec("io:5@contrast=flair")

@@ -92,6 +92,9 @@ def test_lncc_window_is_clamped_to_the_coarsest_level():
     x = torch.rand(1, 1, 16, 16, 16)
     total, sim, reg = level_loss(model, x, torch.rand_like(x), 1, 0.4, window=7)  # level 1 is 4³
     assert torch.isfinite(total)
+    with pytest.raises(ValueError, match="give the LNCC window as --window"):  # one source for the window
+        TrainConfig(similarity="lncc:window=9")
+    assert TrainConfig(similarity="lncc:eps=0.001").similarity == "lncc:eps=0.001"
 
 
 def test_conditional_lambda_is_sampled_per_step_and_reaches_the_network(monkeypatch):

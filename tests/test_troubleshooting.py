@@ -33,7 +33,8 @@ ALWAYS = {"InputError", "input_error", "_fail", "fail", "interrupted", "SpecErro
 """Calls whose message is always the user's (plus the ModelFileError family, read from models/errors.py)."""
 
 USER_FACING_MODULES = {
-    "methods/options.py", "methods/registry.py", "methods/network.py", "methods/api.py", "io/volume.py",
+    "methods/options.py", "methods/registry.py", "methods/network.py", "methods/api.py", "methods/contrast.py",
+    "io/volume.py",
     "io/preprocess.py", "baselines/__init__.py", "baselines/syn.py", "baselines/f3d.py",
     "spatial/deformation.py", "train/trainer.py", "evaluate/protocols/brain_report.py",
 }

@@ -108,17 +108,22 @@ def register(
                                  "(inverse_displacement_itk.nii.gz on the moving grid, inverse_affine.txt)."),
     contrast: str = typer.Option("same", "--contrast", help="How the moving image's contrast relates to the fixed "
                                  "one's: same (default: LNCC, λ 0.4, the paper's) or different (e.g. T2/FLAIR onto a T1 "
-                                 "atlas: MIND-SSC, measured in BENCHMARKS.md); --similarity/--lambda override it."),
+                                 "atlas: MIND-SSC and --match-contrast, measured in BENCHMARKS.md); --similarity, --lambda and "
+                                 "--match-contrast override it."),
     similarity: Optional[str] = typer.Option(None, "--similarity", help="Similarity measure S of (1-λ)·S + λ·diffusion: "
                                    "lncc (default), mind, ngf or mi (MIND-SSC/NGF/MI: for different contrasts), parameters as "
                                    "NAME:KEY=VALUE,... (mind:dilation=1); also the affine stage's."),
+    match_contrast: Optional[bool] = typer.Option(None, "--match-contrast/--no-match-contrast", help="Give the "
+                                                  "network the moving image mapped onto the fixed image's contrast "
+                                                  "(default: on with --contrast different, off otherwise)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Register MOVING to FIXED and write warped image(s), displacement fields and metrics.json."""
     from .pipeline import register_files
 
     options = _registration_options(method, iters, preset, contrast, lr=lr, lam=lam, seed=seed, device=device,
-                                    precision=precision, smoothing=smoothing, similarity=similarity)
+                                    precision=precision, smoothing=smoothing, similarity=similarity,
+                                    match_contrast=match_contrast)
     start_command(threads)
     try:
         from .prealign import AffineStage

@@ -4,8 +4,8 @@ DEFAULT_LAMBDA: float = 0.4
 """λ of the objective (1 − λ)·LNCC + λ·diffusion: the paper's value for training and for instance optimisation."""
 
 CONTRAST_PRESETS: dict[str, dict] = {
-    "same": {"similarity": "lncc", "lam": DEFAULT_LAMBDA},
-    "different": {"similarity": "mind", "lam": DEFAULT_LAMBDA},
+    "same": {"similarity": "lncc", "lam": DEFAULT_LAMBDA, "match_contrast": False},
+    "different": {"similarity": "mind", "lam": DEFAULT_LAMBDA, "match_contrast": True},
 }
 """The objective by how the moving image's contrast relates to the fixed one's (``--contrast``):
 ``same`` is the paper's (LNCC, λ = 0.4); ``different`` (a T2 or FLAIR moving image onto a T1 atlas, with a

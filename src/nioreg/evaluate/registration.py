@@ -19,15 +19,15 @@ from .specs import MethodSpec
 def registration_options(spec: MethodSpec, *, lam: float, seed: int, device: str | None = None,
                          smoothing: str | Callable | None = None) -> RegistrationOptions:
     """The options of a learned spec: its iterations (or its preset's), and its ``@options`` over the run's
-    defaults (λ, seed); ``@contrast=`` brings its preset's similarity and λ (explicit options win). The device
-    and deformation model are the run's."""
+    defaults (λ, seed); ``@contrast=`` brings its preset's similarity, λ and contrast matching (explicit
+    options win). The device and deformation model are the run's."""
     options = spec.option_dict
     run_lam = None if "contrast" in options else lam  # a contrast preset brings its own λ
     return RegistrationOptions.for_contrast(
         str(options.get("contrast", "same")), method=spec.name, iterations=spec.iterations, preset=spec.preset,
         lr=options.get("lr"), lam=options.get("lambda", run_lam), seed=int(options.get("seed", seed)),
         device=device, precision=str(options.get("precision", "auto")), smoothing=smoothing,
-        similarity=options.get("similarity"))
+        similarity=options.get("similarity"), match_contrast=options.get("match_contrast"))
 
 
 def register_spec(net, spec: MethodSpec, fixed: Volume, moving: Volume, *, mask: Volume | None = None,

@@ -12,8 +12,11 @@ The one parser of both protocols. Examples::
                             default, auto, is bf16 where the device computes it natively, else fp32
     nio_m:100,60,30@similarity=mind  the objective with MIND-SSC instead of LNCC (also ngf, mi; parameters
                             as mind:dilation=1)
-    nio_m:100,60,30@contrast=different  the cross-contrast preset (MIND-SSC: nioreg.defaults.
-                            CONTRAST_PRESETS); an explicit @similarity= or @lambda= wins over it
+    nio_m:100,60,30@contrast=different  the cross-contrast preset (nioreg.defaults.CONTRAST_PRESETS:
+                            MIND-SSC, the network's input contrast-matched); an explicit
+                            @similarity=, @lambda= or @match_contrast= wins over it
+    ff@match_contrast=yes   the network sees the moving image mapped onto the fixed contrast
+                            (nioreg.methods.contrast)
     syn                     ANTs SyN (antspyx; options: iters=100x70x50, metric=CC, radius=4, ...)
     niftyreg@maxit=300      NiftyReg reg_f3d (options: maxit, ln, lp, be, le, sx, sim)
     best=nio_m:100,60,60    an explicit label (table row / result file name)
@@ -38,7 +41,20 @@ from ..runtime import PRECISIONS
 BASELINES = ("syn", "niftyreg")
 IDENTITY = ("initial",)
 
-LEARNED_OPTIONS = {"lr": float, "lambda": float, "seed": int, "precision": str, "similarity": str, "contrast": str}
+
+def yes_or_no(text: str) -> bool:
+    """``yes``/``true``/``1`` -> True, ``no``/``false``/``0`` -> False; ValueError otherwise."""
+    value = text.strip().lower()
+    if value in ("yes", "true", "1"):
+        return True
+    if value in ("no", "false", "0"):
+        return False
+    raise ValueError(f"expected yes or no, got {text!r}")
+
+
+yes_or_no.__name__ = "yes/no"  # how an error message names the type
+LEARNED_OPTIONS = {"lr": float, "lambda": float, "seed": int, "precision": str, "similarity": str, "contrast": str,
+                   "match_contrast": yes_or_no}
 BASELINE_OPTIONS = {
     "syn": {"iters": str, "metric": str, "radius": int, "transform": str, "grad_step": float,
             "flow_sigma": float, "total_sigma": float},
@@ -204,7 +220,7 @@ def automatic_label(name: str, iterations: tuple[int, ...] | None, options: dict
     if iterations is not None:
         label += "_" + "-".join(str(i) for i in iterations)
     for key, value in options.items():
-        label += f"_{key}{value}"
+        label += f"_{key}{('yes' if value else 'no') if isinstance(value, bool) else value}"
     return re.sub(r"[^A-Za-z0-9._+-]", "-", label)
 
 

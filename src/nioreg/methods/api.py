@@ -53,6 +53,8 @@ class RegistrationResult:
     precision_reason: str = ""
     """Why the network ran in :attr:`precision` (``auto`` decides per device: :func:`nioreg.runtime.resolve_precision`)."""
     memory_format_reason: str = ""
+    contrast_matching: dict | None = None
+    """The intensity mapping the network's input went through (``match_contrast``), or ``None``."""
     grid: Volume | None = None
     """The fixed image (set by :func:`nioreg.register_images`): moving-side :class:`~nioreg.io.Volume` s given
     to :meth:`warp` / :meth:`warp_labels` are brought onto it through their headers first."""
@@ -103,6 +105,7 @@ class RegistrationResult:
             "memory_format": self.memory_format,
             "similarity": self.similarity,
             "memory_format_reason": self.memory_format_reason,
+            "contrast_matching": self.contrast_matching,
             "seconds_total": self.seconds,
             "seconds_feedforward": self.feedforward_seconds,
             "seconds_per_stage": self.log.stage_seconds,
@@ -175,6 +178,7 @@ def register(
     precision: str | None = None,
     memory_format: str | None = None,
     similarity: str | None = None,
+    match_contrast: bool | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (3-D arrays on the same grid) with a LapIRN-family ``model``.
 
@@ -194,11 +198,12 @@ def register(
     out as ``"channels_last"`` or ``"contiguous"``; ``"auto"`` picks what was measured faster on the device
     (:func:`nioreg.runtime.resolve_layout`). The choices and their reasons are in the result (``summary()``).
     ``similarity`` names the measure S of the objective (``"lncc"`` by default; ``"mind"``, ``"ngf"``,
-    ``"mi"``: :mod:`nioreg.losses.similarity`). The model itself is never modified.
+    ``"mi"``: :mod:`nioreg.losses.similarity`). ``match_contrast=True`` gives the network the moving image mapped
+    onto the fixed image's contrast (:mod:`nioreg.methods.contrast`). The model itself is never modified.
     """
     opts = (options or RegistrationOptions()).updated(
         method=method, iterations=iterations, lr=lr, lam=lam, device=device, seed=seed, smoothing=smoothing,
-        precision=precision, memory_format=memory_format, similarity=similarity)
+        precision=precision, memory_format=memory_format, similarity=similarity, match_contrast=match_contrast)
     entry, iters, step = opts.entry, opts.resolved_iterations(), opts.resolved_lr()
     _check_recorded_preprocessing(model, scale_intensities)
     dev = resolve_device(opts.device)
@@ -232,7 +237,7 @@ def register(
         fell_back_to_feedforward=bool(fell_back), device=str(dev), log=pair.log, precision=arithmetic,
         memory_format=layout_name, precision_reason=arithmetic_reason, memory_format_reason=layout_reason,
         similarity=pair.measure.describe(),
-    )
+        contrast_matching=None if pair.intensity_mapping is None else pair.intensity_mapping.describe())
 
 
 def _check_recorded_preprocessing(model: nn.Module, scale_intensities: bool) -> None:
@@ -247,7 +252,8 @@ def _check_recorded_preprocessing(model: nn.Module, scale_intensities: bool) -> 
 
 def _make_pair(fixed, moving, mask, dev: torch.device, opts: RegistrationOptions, layout: torch.memory_format,
                safeguards: Safeguards | None, scale_intensities: bool) -> Pair:
-    """The checked pair on ``dev``, scaled to [0, 1] unless the caller normalised it already."""
+    """The checked pair on ``dev``, scaled to [0, 1] unless the caller normalised it already (the network's
+    input contrast-matched when ``opts`` asks for it)."""
     fixed_t, moving_t = _as_volume_tensor(fixed, dev), _as_volume_tensor(moving, dev)
     if fixed_t.shape != moving_t.shape:
         raise ValueError(f"fixed {tuple(fixed_t.shape[2:])} and moving {tuple(moving_t.shape[2:])} must share a grid")
@@ -257,9 +263,12 @@ def _make_pair(fixed, moving, mask, dev: torch.device, opts: RegistrationOptions
     mask_t = None if mask is None else _as_volume_tensor(mask, dev)
     if scale_intensities:
         fixed_t, moving_t = scale_to_unit(fixed_t), scale_to_unit(moving_t)
-    return Pair(fixed_t, moving_t, lam=opts.lam, mask=mask_t, safeguards=safeguards or Safeguards(),
+    pair = Pair(fixed_t, moving_t, lam=opts.lam, mask=mask_t, safeguards=safeguards or Safeguards(),
                 smoothing=_smoothing_model(opts.smoothing), precision=opts.precision, memory_format=layout,
                 similarity=opts.similarity)
+    if opts.match_contrast:
+        pair.match_contrast()
+    return pair
 
 
 def _smoothing_model(value: Callable[[Tensor], Tensor] | str | None) -> Callable[[Tensor], Tensor] | None:

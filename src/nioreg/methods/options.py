@@ -28,7 +28,9 @@ class RegistrationOptions:
     applied to every field (``None``, ``"bspline"`` or a callable, see :func:`nioreg.spatial.resolve_smoothing`).
     ``similarity``: the measure S of the objective by name (:mod:`nioreg.losses.similarity`; validated there,
     lazily, so that this module stays free of torch). :meth:`for_contrast` builds options from a contrast
-    preset (its similarity and λ; the options record those, not the preset's name).
+    preset (its similarity, λ and contrast matching; the options record those, not the preset's name).
+    ``match_contrast``: give the network the moving image mapped onto the fixed image's contrast (the objective
+    still compares the original; :mod:`nioreg.methods.contrast`).
     ``precision``: the network's arithmetic, ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: bf16 where the
     device computes it natively, else fp32 (:func:`nioreg.runtime.resolve_precision`). Only the network runs
     in bf16: its field is returned in fp32, and the loss, the warp of the full-resolution images and the
@@ -47,6 +49,7 @@ class RegistrationOptions:
     memory_format: str = "auto"
     smoothing: str | Callable | None = None
     similarity: str = "lncc"
+    match_contrast: bool = False
 
     @classmethod
     def for_contrast(cls, contrast: str, **choices: Any) -> "RegistrationOptions":
@@ -58,6 +61,8 @@ class RegistrationOptions:
         if not isinstance(self.similarity, str) or not self.similarity.strip():
             raise ValueError(f"similarity must be a measure's name (e.g. lncc, mind, ngf, mi), got {self.similarity!r}")
         object.__setattr__(self, "similarity", self.similarity.strip().lower())  # checked by name when it is used
+        if not isinstance(self.match_contrast, bool):
+            raise ValueError(f"match_contrast must be True or False, got {self.match_contrast!r}")
         if self.iterations is not None and not isinstance(self.iterations, tuple):
             counts = [self.iterations] if isinstance(self.iterations, int) else list(self.iterations)
             object.__setattr__(self, "iterations", tuple(int(i) for i in counts))
@@ -98,7 +103,8 @@ class RegistrationOptions:
 
 
 def contrast_settings(contrast: str) -> dict[str, Any]:
-    """The similarity and λ of a contrast preset (``same``, ``different``); ValueError naming the presets."""
+    """The similarity, λ and contrast matching of a contrast preset (``same``, ``different``); ValueError naming
+    the presets."""
     if contrast not in CONTRAST_PRESETS:
         raise ValueError(f"unknown contrast preset {contrast!r}; choose one of {', '.join(CONTRAST_PRESETS)}")
     return dict(CONTRAST_PRESETS[contrast])

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..losses import Similarity, parse_similarity, registration_loss
 from ..spatial import warp
+from .contrast import IntensityMapping, match_contrast
 from .loop import OptimisationLog, Safeguards
 from .network import PairNetwork
 from ..defaults import DEFAULT_LAMBDA
@@ -44,12 +45,25 @@ class Pair:
     """The similarity measure S of the objective: a registered name (:mod:`nioreg.losses.similarity`) or a
     :class:`~nioreg.losses.Similarity` with its parameters. Its scale is part of S."""
 
+    network_moving: Tensor | None = None
+    """The moving image the network is given, when it differs from :attr:`moving` (contrast matching,
+    :mod:`nioreg.methods.contrast`); the objective always compares :attr:`moving`."""
+    intensity_mapping: IntensityMapping | None = field(default=None, init=False)
+    """The mapping that made :attr:`network_moving` (set by :meth:`match_contrast`), or ``None``."""
+
     _measure: Similarity | None = field(default=None, init=False, repr=False)
     _prepared: object = field(default=None, init=False, repr=False)
 
     def network(self, model: nn.Module) -> PairNetwork:
         """``model`` bound to this pair (padding, units, precision, memory layout)."""
-        return PairNetwork(model, self.fixed, self.moving, self.lam, self.precision, self.memory_format)
+        moving = self.moving if self.network_moving is None else self.network_moving
+        return PairNetwork(model, self.fixed, moving, self.lam, self.precision, self.memory_format)
+
+    def match_contrast(self) -> IntensityMapping:
+        """From now on the network sees the moving image mapped onto the fixed image's contrast
+        (:func:`nioreg.methods.contrast.match_contrast`, inside :attr:`mask`); returns the mapping."""
+        self.network_moving, self.intensity_mapping = match_contrast(self.moving, self.fixed, self.mask)
+        return self.intensity_mapping
 
     def smooth(self, disp: Tensor) -> Tensor:
         """``disp`` through :attr:`smoothing` (unchanged when there is none)."""

@@ -98,6 +98,10 @@ class TrainConfig:
         if self.window < 1 or self.window % 2 == 0:
             raise ValueError(f"the LNCC window must be an odd integer >= 1, got {self.window}")
         self.similarity = parse_similarity(self.similarity).text  # ValueError naming what is wrong
+        if self.similarity.startswith("lncc:") and "window=" in self.similarity:
+            # one source for LNCC's window: the trainer clamps `window` to fit every pyramid level
+            raise ValueError(f"give the LNCC window as --window (clamped to fit coarse levels), not in the "
+                             f"similarity {self.similarity!r}")
         for key in ("log_every",):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")

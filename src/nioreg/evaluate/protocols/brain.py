@@ -225,7 +225,8 @@ def run_method(spec: MethodSpec, pair: PairData, *, model=None, plan: BrainPlan,
         summary = result.summary()
         details = {k: summary[k] for k in ("iterations", "lr", "lambda", "device", "precision", "seconds_feedforward",
                                            "seconds_per_stage", "loss_feedforward", "loss_final",
-                                           "fell_back_to_feedforward", "events")}
+                                           "fell_back_to_feedforward", "events", "similarity")}
+        details["match_contrast"] = summary["contrast_matching"] is not None
         details["registration_grid"] = list(view.fixed.shape)
         return MethodOutput(result.displacement.detach().cpu().float(), result.seconds, details)
     from ...baselines import run_baseline
