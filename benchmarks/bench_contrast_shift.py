@@ -18,15 +18,22 @@
 **The registrations**: every moving subject to the T1 atlas S01 with the official OASIS-trained LapIRN
 through ``nioreg evaluate`` (``--affine none``: LPBA40 is pre-aligned), with each method spec of
 ``--methods`` (default: ff, and io:200 and nio_m with lncc, mind, ngf, and mind at λ 0.2, the value two
-tuning pairs, S05 and S06, suggested; ``--contrast different`` is MIND-SSC at λ 0.4, the mind rows). The
-T1 -> T1 rows come from the same harness on the original images (``--contrasts t1,...``); with them, the
-goal check compares every method on the other contrasts with T1 -> T1 ff on the same pairs (the issue's
-goal: NIO undoes the contrast shift).
+tuning pairs, S05 and S06, suggested; then the contrast-matched rows: ff and io:200 with mind given the
+network the moving image mapped onto the atlas's contrast, ``@match_contrast=yes``, and nio_m with
+``@contrast=different``, the preset: MIND-SSC at λ 0.4 with that matching). The T1 -> T1 rows come from the
+same harness on the original images (``--contrasts t1,...``); with them, the goal check compares every method
+on the other contrasts with T1 -> T1 ff on the same pairs (the issue's goal: NIO undoes the contrast shift).
+
+Seven held-out pairs with every row (T2 on three of them), BENCHMARKS.md's second table::
 
     python benchmarks/bench_contrast_shift.py --subjects S02,S03,S04,S07,S08,S09,S10 \
         --contrasts t1,flair,t2,t1synth --subjects-for t2=S02,S03,S04 \
-        --methods-for "t1=ff;nio_m:100,60,30;nio_m:100,60,30@similarity=mind" \
-        --methods-for "t1synth=ff;nio_m:100,60,30;nio_m:100,60,30@similarity=mind" --threads 1
+        --methods-for "t1=ff;ff@match_contrast=yes;nio_m:100,60,30;nio_m:100,60,30@similarity=mind" \
+        --methods-for "t1synth=ff;nio_m:100,60,30;nio_m:100,60,30@similarity=mind" --gather matched --threads 1
+
+The cases of a study (``--tag``) can be computed by several processes side by side under other tags and
+gathered afterwards (``--gather TAG,...`` copies their finished cases first, then computes what is missing);
+BENCHMARKS.md gives the command of every table.
 
 Output: runs/contrast_shift_x<factor>/ (git-ignored: derived LPBA40 images), one evaluation folder per
 contrast (each resumes where it stopped), benchmarks/results/contrast_shift.json and a Markdown table.
