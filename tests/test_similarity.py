@@ -462,3 +462,15 @@ def test_the_trainer_optimises_the_chosen_measure():
     _, sim_mind, _ = level_loss(model, x, y, 2, 0.4, similarity="mind")
     _, sim_lncc, _ = level_loss(model, x, y, 2, 0.4)
     assert float(sim_mind.detach()) > 0 > float(sim_lncc.detach())
+
+
+def test_fitted_shrinks_only_lnccs_window_to_the_image():
+    from nioreg.losses import Similarity
+
+    lncc = Similarity("lncc", eps=2e-5)
+    small = lncc.fitted((4, 6, 8))
+    assert small.parameters == {"window": 3, "eps": 2e-5} and lncc.parameters["window"] == 7
+    assert lncc.fitted((40, 48, 40)) is lncc
+    assert lncc.fitted((40, 48, 40), window=5).parameters["window"] == 5
+    mind = Similarity("mind")
+    assert mind.fitted((4, 4, 4), window=3) is mind

@@ -92,6 +92,10 @@ def test_lncc_window_is_clamped_to_the_coarsest_level():
     x = torch.rand(1, 1, 16, 16, 16)
     total, sim, reg = level_loss(model, x, torch.rand_like(x), 1, 0.4, window=7)  # level 1 is 4³
     assert torch.isfinite(total)
+    # LNCC from text (another eps) takes `window` fitted to the level as the plain one does: 7 -> 3 at 4³
+    textual = level_loss(model, x, x.flip(2), 1, 0.4, window=7, similarity="lncc:eps=2e-5")[1]
+    assert torch.isfinite(textual)
+    assert torch.equal(textual, level_loss(model, x, x.flip(2), 1, 0.4, window=3, similarity="lncc:eps=2e-5")[1])
     with pytest.raises(ValueError, match="give the LNCC window as --window"):  # one source for the window
         TrainConfig(similarity="lncc:window=9")
     assert TrainConfig(similarity="lncc:eps=0.001").similarity == "lncc:eps=0.001"

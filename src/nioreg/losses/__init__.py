@@ -11,8 +11,8 @@ from .mind import mind, mind_ssc_descriptor, prepare_mind
 from .modules import LNCC, MIND, NGF, Diffusion, MutualInformation, RegistrationLoss
 from .mutual_information import mutual_information
 from .ngf import ngf, prepare_ngf
-from .similarity import (Similarity, SimilarityEntry, get_similarity, parse_similarity, register_similarity,
-                         similarity_names)
+from .similarity import (Similarity, SimilarityEntry, get_similarity, lncc_window, parse_similarity,
+                         register_similarity, similarity_names)
 
 __all__ = [
     "lncc",
@@ -39,5 +39,6 @@ __all__ = [
     "register_similarity",
     "get_similarity",
     "parse_similarity",
+    "lncc_window",
     "similarity_names",
 ]

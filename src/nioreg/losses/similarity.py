@@ -16,7 +16,7 @@ the same regulariser (``benchmarks/calibrate_similarity.py``; numbers in BENCHMA
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -26,7 +26,7 @@ from .mutual_information import mutual_information
 from .ngf import ngf, prepare_ngf
 
 __all__ = ["SimilarityEntry", "Similarity", "register_similarity", "get_similarity", "similarity_names",
-           "parse_similarity"]
+           "parse_similarity", "lncc_window"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,15 @@ class Similarity:
         value = self.entry.function(fixed, warped, mask=mask, **self.parameters)
         return value if self.entry.scale == 1.0 else self.entry.scale * value
 
+    def fitted(self, shape: Sequence[int], window: int | None = None) -> "Similarity":
+        """This measure for images of spatial ``shape``: LNCC's window (``window`` when given, else its own)
+        shrunk to the largest odd size that fits (:func:`lncc_window`); other measures are returned as they are."""
+        if self.name != "lncc":
+            return self
+        fitted = lncc_window(self.parameters["window"] if window is None else window, shape)
+        return self if fitted == self.parameters["window"] else Similarity("lncc", **{**self.parameters,
+                                                                                       "window": fitted})
+
     def module(self) -> nn.Module:
         """The unscaled ``nn.Module`` form with these parameters."""
         return self.entry.module(**self.parameters)
@@ -121,6 +130,13 @@ class Similarity:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.parameters.items())
         return f"Similarity({self.name!r}, {params}, scale={self.scale:g})"
+
+
+def lncc_window(window: int, shape: Sequence[int]) -> int:
+    """``window`` clamped to the largest odd size that fits the smallest of ``shape`` (at least 1)."""
+    smallest = int(min(shape))
+    fit = smallest if smallest % 2 == 1 else smallest - 1
+    return max(1, min(int(window), fit))
 
 
 def parse_similarity(text: "str | Similarity") -> Similarity:

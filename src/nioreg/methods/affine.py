@@ -31,7 +31,7 @@ from ..io.errors import InputError
 from ..io.preprocess import Preprocessing
 from ..io.resample import resample_to
 from ..io.volume import Volume
-from ..losses.similarity import Similarity as Measure, parse_similarity
+from ..losses.similarity import parse_similarity
 from ..spatial import identity_grid, sample
 from .loop import OptimisationLog, Safeguards, run_stage
 
@@ -68,11 +68,7 @@ class PreparedSimilarity:
         self.bound: dict[int, tuple] = {}  # id(fixed) -> (fixed, measure, prepared); holding fixed keeps ids unique
 
     def _bind(self, fixed: Tensor) -> tuple:
-        parameters = dict(self.measure.parameters)
-        if self.measure.name == "lncc":
-            smallest = min(fixed.shape[2:])
-            parameters["window"] = min(parameters["window"], smallest - (1 - smallest % 2))
-        measure = Measure(self.measure.name, **parameters)
+        measure = self.measure.fitted(fixed.shape[2:])
         return fixed, measure, measure.prepare(fixed)
 
     def __call__(self, fixed: Tensor, warped: Tensor) -> Tensor:

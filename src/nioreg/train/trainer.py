@@ -50,7 +50,7 @@ from ..defaults import DEFAULT_LAMBDA
 from ..progress import progress
 from ..io import InputError
 from ..io.write import atomic_write, plain_values
-from ..losses import parse_similarity, registration_loss
+from ..losses import lncc_window, parse_similarity, registration_loss
 from ..models import LapIRN, official_to_voxel, pyramid_downsample
 from ..spatial import warp
 
@@ -125,13 +125,6 @@ class TrainHistory:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def lncc_window(window: int, shape: Sequence[int]) -> int:
-    """``window`` clamped to the largest odd size that fits the smallest of ``shape`` (at least 1)."""
-    smallest = int(min(shape))
-    fit = smallest if smallest % 2 == 1 else smallest - 1
-    return max(1, min(int(window), fit))
-
-
 def level_images(fixed: Tensor, moving: Tensor, level: int) -> tuple[Tensor, Tensor]:
     """The fixed/moving images at pyramid level ``level`` exactly as the network sees them."""
     for _ in range(3 - level):
@@ -162,7 +155,8 @@ def level_loss(model: nn.Module, fixed: Tensor, moving: Tensor, level: int, lam:
             weights = pyramid_downsample(weights)
         if not bool(weights.sum() > 0):
             weights = None
-    measure = None if similarity == "lncc" else parse_similarity(similarity)
+    # LNCC's window is always `window` (TrainConfig refuses one in the text), fitted to the level like the plain one
+    measure = None if similarity == "lncc" else parse_similarity(similarity).fitted(fixed_l.shape[2:], window)
     return registration_loss(fixed_l, warp(moving_l, disp), disp, lam=lam,
                              window=lncc_window(window, fixed_l.shape[2:]), mask=weights, similarity=measure)
 
