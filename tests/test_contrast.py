@@ -62,6 +62,7 @@ def test_the_table_and_the_mapped_image_match_a_direct_numpy_reference(bins, sig
     mapping = estimate_intensity_mapping(as_tensor(moving), as_tensor(fixed), bins=bins, smoothing=sigma)
     table = reference_table(moving, fixed, bins, sigma)
     np.testing.assert_allclose(mapping.table.numpy(), table, rtol=1e-5, atol=1e-6)
+    assert mapping.describe()["smoothing_bins"] == sigma
     centres = (np.arange(bins) + 0.5) / bins
     np.testing.assert_allclose(mapping(as_tensor(moving))[0, 0].numpy(), np.interp(moving, centres, table),
                                rtol=1e-5, atol=1e-5)

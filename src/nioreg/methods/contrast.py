@@ -33,16 +33,18 @@ from their neighbours)."""
 @dataclass(frozen=True)
 class IntensityMapping:
     """A piecewise-linear intensity transfer function: ``table[k]`` is the value at the centre of bin ``k``
-    of [0, 1] (constant beyond the first and last centres)."""
+    of [0, 1] (constant beyond the first and last centres); ``smoothing`` is what it was estimated with."""
 
     table: Tensor
+    smoothing: float = SMOOTHING_BINS
 
     def __post_init__(self) -> None:
         if self.table.dim() != 1 or self.table.numel() < 2:
             raise ValueError(f"an intensity mapping needs a 1-D table of at least 2 values, got {tuple(self.table.shape)}")
 
     def __call__(self, image: Tensor) -> Tensor:
-        """``image`` (intensities in [0, 1]) through the mapping; same shape and dtype."""
+        """``image`` (intensities in [0, 1]) through the mapping; same shape and dtype. (Index arithmetic on the
+        equal bins: what :func:`_interpolate` gives, without a search per voxel.)"""
         bins = self.table.numel()
         position = (image.float() * bins - 0.5).clamp(0, bins - 1)
         lower = position.floor().long().clamp(max=bins - 2)
@@ -53,7 +55,7 @@ class IntensityMapping:
     def describe(self) -> dict:
         """JSON-ready: the bins, the smoothing and the table (what metrics.json records)."""
         return {"estimator": "conditional mean of the fixed intensity per moving-intensity bin",
-                "bins": self.table.numel(), "smoothing_bins": SMOOTHING_BINS,
+                "bins": self.table.numel(), "smoothing_bins": self.smoothing,
                 "table": [round(float(v), 6) for v in self.table.cpu()]}
 
 
@@ -99,9 +101,8 @@ def estimate_intensity_mapping(moving: Tensor, fixed: Tensor, mask: Tensor | Non
         counts, sums = _gaussian_smooth(counts, smoothing), _gaussian_smooth(sums, smoothing)
     centres = (torch.arange(bins, dtype=torch.float64, device=m.device) + 0.5) / bins
     seen = counts > 1e-9
-    means = sums[seen] / counts[seen]
-    table = _interpolate(centres, centres[seen], means)
-    return IntensityMapping(table.float())
+    table = _interpolate(centres, centres[seen], sums[seen] / counts[seen])
+    return IntensityMapping(table.float(), smoothing)
 
 
 def _interpolate(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:

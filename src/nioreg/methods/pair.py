@@ -73,8 +73,7 @@ class Pair:
     def measure(self) -> Similarity:
         """:attr:`similarity` as a :class:`~nioreg.losses.Similarity` (built once)."""
         if self._measure is None:
-            sim = self.similarity
-            self._measure = parse_similarity(sim)
+            self._measure = parse_similarity(self.similarity)
         return self._measure
 
     def objective(self, disp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
