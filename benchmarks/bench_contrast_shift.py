@@ -50,7 +50,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from bench_evaluate_lpba import prepare
-from common import save_result, shared_dir, split_list
+from common import dice_by_subject, save_result, shared_dir, split_list
 from nioreg.evaluate.protocols.brain import run_brain
 from nioreg.evaluate.specs import parse_method_spec
 from nioreg.io import load_image, load_labels, save_nifti
@@ -154,7 +154,7 @@ def goal_check(cases: dict[str, list[dict]]) -> list[dict]:
     """Every method on each other contrast against T1 -> T1 ff on the same pairs (paired differences of mean
     Dice; Wilcoxon signed-rank p-value from 5 pairs)."""
     def by_subject(contrast: str, method: str) -> dict[str, float]:
-        return {r["subject"]: float(r["dice_mean"]) for r in cases.get(contrast, []) if r["method"] == method}
+        return dice_by_subject(cases.get(contrast, []), method)
 
     reference, rows = by_subject("t1", "ff"), []
     for contrast in (c for c in cases if c != "t1"):

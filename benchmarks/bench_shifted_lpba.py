@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_evaluate_lpba import prepare
-from common import save_result, shared_dir
+from common import dice_by_subject, save_result, shared_dir
 from nioreg.evaluate.protocols.brain import run_brain
 from nioreg.io import load_image, load_labels, save_nifti
 
@@ -116,7 +116,7 @@ def goal_check(runs: dict) -> list[dict]:
     """Issue #14's goal per method: the affine-stage result on the moved files against the same method on the
     original files (within 0.01 Dice on every pair?) and against the original files' ff (never below?)."""
     def by_subject(run: str, method: str) -> dict[str, float]:
-        return {r["subject"]: float(r["dice_mean"]) for r in runs.get(run, {}).get("cases", []) if r["method"] == method}
+        return dice_by_subject(runs.get(run, {}).get("cases", []), method)
 
     unshifted_ff, rows = by_subject("unshifted", "ff"), []
     for method in dict.fromkeys(r["method"] for r in runs.get("shifted_affine", {}).get("cases", [])):

@@ -159,3 +159,8 @@ def save_result(name: str, fields: dict) -> dict:
 def split_list(text: str, sep: str = ",") -> list[str]:
     """Command-line list ``"a, b,"`` -> ``["a", "b"]``."""
     return [part.strip() for part in text.split(sep) if part.strip()]
+
+
+def dice_by_subject(cases: list[dict], method: str) -> dict[str, float]:
+    """Mean Dice per moving subject of one method, from `nioreg evaluate` case records."""
+    return {r["subject"]: float(r["dice_mean"]) for r in cases if r["method"] == method}
