@@ -13,4 +13,4 @@ FLAIR moving image onto a T1 atlas, with a network trained on T1) is MIND-SSC, t
 ``benchmarks/bench_contrast_shift.py``, at the same λ (its scale keeps λ's meaning; λ = 0.2 gained nothing on
 held-out pairs), with the network's input mapped onto the fixed image's contrast (``match_contrast``:
 :mod:`nioreg.methods.contrast`), which took NIO_m on FLAIR-like brains from 0.008 below to level with T1 → T1
-feed-forward there (T2-like: from 0.028 to 0.010 below; BENCHMARKS.md, "Contrast shift")."""
+feed-forward there (T2-like: from 0.029 to 0.010 below; BENCHMARKS.md, "Contrast shift")."""
